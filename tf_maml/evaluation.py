@@ -1,0 +1,56 @@
+"""Meta-test evaluation: a per-task score after each number of adaptation steps, with 95% intervals."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tf_maml.episode_batch import as_episode_batch
+
+
+def mean_confidence_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% confidence interval (1.96 standard errors), as papers report."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(values.size))
+
+
+def task_mse(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean squared error per task, ``pred`` and ``y`` of shape [tasks, queries, ...]."""
+    return ((pred - y) ** 2).reshape(pred.shape[0], -1).mean(axis=1)
+
+
+def task_accuracy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Classification accuracy per task, ``logits`` [tasks, queries, classes], ``y`` [tasks, queries]."""
+    return (logits.argmax(-1) == y.reshape(logits.shape[:2])).mean(axis=1)
+
+
+def scores_after_adaptation(
+    maml,
+    episodes: Iterable,
+    steps: Sequence[int],
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    tasks: int,
+) -> dict[int, np.ndarray]:
+    """Per-task scores of ``maml`` after each step count, over at least ``tasks`` tasks from ``episodes``."""
+    collected: dict[int, list[np.ndarray]] = {s: [] for s in steps}
+    seen = 0
+    for batch in episodes:
+        sx, sy, qx, qy = as_episode_batch(batch)
+        preds = maml.predict_after_adaptation(sx, sy, qx, steps=steps)
+        ordered = sorted(set(steps))
+        for s in steps:
+            collected[s].append(score(preds[ordered.index(s)], tf.convert_to_tensor(qy).numpy()))
+        seen += int(sx.shape[0])
+        if seen >= tasks:
+            break
+    if seen < tasks:
+        raise ValueError(f"The episode dataset ended after {seen} tasks; {tasks} were asked for.")
+    return {s: np.concatenate(v)[:tasks] for s, v in collected.items()}
+
+
+def summarize(scores: dict[int, np.ndarray]) -> dict[int, tuple[float, float]]:
+    return {s: mean_confidence_interval(v) for s, v in scores.items()}

@@ -1,0 +1,384 @@
+"""MAML as a Keras model: ``compile`` / ``fit`` / ``evaluate`` meta-learn the initial weights θ of any model."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_maml import inner_loop
+from tf_maml.episode_batch import EpisodeBatch, as_episode_batch
+
+BATCH_NORM_MODES = ("transductive", "running")
+TASK_EXECUTIONS = ("vectorized", "map", "loop")
+_NONFINITE_MARKER = "tf_maml: non-finite meta-loss"
+
+
+class MetaLossNotFiniteError(FloatingPointError):
+    """The meta-loss became NaN or infinite; θ was not updated with it."""
+
+
+@keras.saving.register_keras_serializable(package="tf_maml")
+class MAML(keras.Model):
+    """Model-Agnostic Meta-Learning over a wrapped Keras model.
+
+    Args:
+        model: a built Keras model; its trainable weights are θ, the initialisation that is meta-learned.
+        inner_lr: the inner-loop step size α.
+        inner_steps: gradient steps on the support set during meta-training.
+        eval_inner_steps: steps during ``evaluate``/``adapt`` (the paper: 1 at meta-train, 10 at meta-test).
+        first_order: treat the inner gradients as constants in the meta-gradient (FOMAML).
+        learn_inner_lr: Meta-SGD: one learned step size per parameter element, trained with θ.
+        adapt_layers: names of the layers adapted in the inner loop (ANIL: only the head); the rest stay
+            at θ. ``None`` adapts every trainable weight.
+        batch_norm: ``"transductive"`` uses the statistics of the current batch everywhere, meta-test
+            included (the paper's setting); ``"running"`` updates moving statistics during meta-training
+            and uses them (``training=False``) at evaluation.
+        task_execution: how the task axis is computed: ``"vectorized"`` (``tf.vectorized_map``),
+            ``"map"`` (``tf.map_fn``, a graph loop: fast tracing) or ``"loop"`` (a Python loop, unrolled).
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        learn_inner_lr: bool = False,
+        adapt_layers: Sequence[str] | None = None,
+        batch_norm: str = "transductive",
+        task_execution: str = "vectorized",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        _check_model(model)
+        for name, steps in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
+            if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {steps!r}. Use 0 for no adaptation.")
+        if batch_norm not in BATCH_NORM_MODES:
+            raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}.")
+        if task_execution not in TASK_EXECUTIONS:
+            raise ValueError(f"task_execution must be one of {TASK_EXECUTIONS}, got {task_execution!r}.")
+        if not inner_lr > 0:
+            raise ValueError(f"inner_lr must be > 0, got {inner_lr!r}.")
+        self.model = model
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.eval_inner_steps = int(inner_steps if eval_inner_steps is None else eval_inner_steps)
+        self.first_order = bool(first_order)
+        self.learn_inner_lr = bool(learn_inner_lr)
+        self.adapt_layers = None if adapt_layers is None else list(adapt_layers)
+        self.batch_norm = batch_norm
+        self.task_execution = task_execution
+        self._adapted = _adapted_mask(model, self.adapt_layers)
+        # Meta-SGD learns one rate per parameter element; a fixed rate needs only a scalar.
+        self.inner_lrs = []
+        for i, var in enumerate(model.trainable_variables):
+            if not self._adapted[i]:
+                self.inner_lrs.append(None)
+                continue
+            self.inner_lrs.append(
+                self.add_weight(
+                    shape=tuple(var.shape) if self.learn_inner_lr else (),
+                    initializer=keras.initializers.Constant(self.inner_lr),
+                    trainable=self.learn_inner_lr,
+                    dtype=var.dtype,
+                    name=f"inner_lr_{i}",
+                )
+            )
+        self._prediction_fns: dict = {}
+        self.pre_adaptation_loss = keras.metrics.Mean(name="pre_adaptation_loss")
+        self.built = True
+
+    # ----------------------------------------------------------------------------------------- core
+    def call(self, inputs, training=None):
+        """Predict with θ (no adaptation)."""
+        return self.model(inputs, training=training)
+
+    def _task_loss(self, y_true, y_pred):
+        if self._compile_loss is None:
+            raise RuntimeError("Call compile(optimizer, loss=...) before meta-training or evaluation.")
+        # Keras loss *functions* return per-example values; the inner gradient needs the task mean.
+        return tf.reduce_mean(self.loss_fn(y_true, y_pred))
+
+    @property
+    def loss_fn(self):
+        loss = self.loss
+        if isinstance(loss, (list, tuple, dict)):
+            raise ValueError("MAML supports one loss for a single-output model; got several.")
+        return keras.losses.get(loss)
+
+    def _forward(self, params, x, training, non_trainable=None):
+        return inner_loop.functional_call(self.model, params, x, training, non_trainable)
+
+    def _adapt_task(self, sx, sy, qx, steps, training, first_order, record_steps=None):
+        """Adapt θ on one task's support set; return query predictions after ``record_steps`` steps."""
+        learning_rates = [None if lr is None else lr.value for lr in self.inner_lrs]
+        recorded = {}
+
+        def support_loss(params):
+            pred, _, reg = self._forward(params, sx, training)
+            return self._task_loss(sy, pred) + reg
+
+        def record(k, params):
+            if record_steps is not None and k in record_steps:
+                recorded[k] = self._forward(params, qx, training)
+
+        params = [v.value for v in self.model.trainable_variables]
+        params = inner_loop.adapt(params, support_loss, learning_rates, steps, first_order, record)
+        if record_steps is not None:
+            return [recorded[k][0] for k in record_steps]
+        return params
+
+    def _map_tasks(self, fn, elems, output_signature):
+        if self.task_execution == "vectorized":
+            return tf.vectorized_map(fn, elems, fallback_to_while_loop=True)
+        if self.task_execution == "map":
+            return tf.map_fn(fn, elems, fn_output_signature=output_signature)
+        n = elems[0].shape[0]
+        if n is None:
+            raise ValueError("task_execution='loop' needs a static number of tasks per batch.")
+        outs = [fn(tuple(e[t] for e in elems)) for t in range(n)]
+        return tf.nest.map_structure(lambda *xs: tf.stack(xs), *outs)
+
+    def _episode_outputs(self, batch: EpisodeBatch, steps: int, training: bool, first_order: bool):
+        """Per-task query loss before and after adaptation, adapted predictions and BN statistics."""
+        bn_training = training or self.batch_norm == "transductive"
+        n_nt = len(self.model.non_trainable_variables)
+
+        def per_task(elems):
+            sx, sy, qx, qy = elems
+            theta = [v.value for v in self.model.trainable_variables]
+            pre_pred, _, _ = self._forward(theta, qx, bn_training)
+            pre_loss = self._task_loss(qy, pre_pred)
+            params = self._adapt_task(sx, sy, qx, steps, bn_training, first_order)
+            pred, new_nt, reg = self._forward(params, qx, bn_training)
+            loss = self._task_loss(qy, pred) + reg
+            return loss, pre_loss, pred, tuple(new_nt)
+
+        dtype = self.model.trainable_variables[0].dtype
+        nt_spec = tuple(tf.TensorSpec(v.shape, v.dtype) for v in self.model.non_trainable_variables)
+        pred_spec = tf.TensorSpec(None, self.model.outputs[0].dtype if _has_outputs(self.model) else dtype)
+        signature = (tf.TensorSpec((), dtype), tf.TensorSpec((), dtype), pred_spec, nt_spec)
+        loss, pre_loss, pred, new_nt = self._map_tasks(per_task, tuple(batch), signature)
+        assert len(new_nt) == n_nt
+        return loss, pre_loss, pred, new_nt
+
+    def meta_loss(self, episode_batch, training: bool = True) -> tf.Tensor:
+        """Mean post-adaptation query loss; differentiable with respect to θ (and learned rates)."""
+        batch = as_episode_batch(episode_batch)
+        steps = self.inner_steps if training else self.eval_inner_steps
+        loss, _, _, _ = self._episode_outputs(batch, steps, training, self.first_order)
+        return tf.reduce_mean(loss)
+
+    # ------------------------------------------------------------------------------------ Keras API
+    def compile(self, *args, jit_compile: bool | str = False, **kwargs):
+        """Keras ``compile``; XLA is off by default because it measured slower for MAML's nested tapes."""
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+    def compile_from_config(self, config):
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)  # so saved optimizer state can be loaded into it
+
+    def train_step(self, data):
+        batch = as_episode_batch(data)
+        with tf.GradientTape() as tape:
+            loss, pre_loss, pred, new_nt = self._episode_outputs(
+                batch, self.inner_steps, training=True, first_order=self.first_order
+            )
+            meta_loss = tf.reduce_mean(loss)
+            # Under a distribution strategy the replicas' gradients are summed: scale so the sum is the mean.
+            scaled = meta_loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, meta_loss.dtype)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        grads = self._check_finite(meta_loss, grads)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        if self.batch_norm == "running":
+            self._update_running_statistics(new_nt)
+        return self._report(batch, loss, pre_loss, pred)
+
+    def test_step(self, data):
+        batch = as_episode_batch(data)
+        loss, pre_loss, pred, _ = self._episode_outputs(
+            batch, self.eval_inner_steps, training=False, first_order=True
+        )
+        return self._report(batch, loss, pre_loss, pred)
+
+    def _report(self, batch, loss, pre_loss, pred):
+        self._loss_tracker.update_state(tf.reduce_mean(loss))
+        self.pre_adaptation_loss.update_state(tf.reduce_mean(pre_loss))
+        qy = batch.query_y
+        flat_y = tf.reshape(qy, tf.concat([[-1], tf.shape(qy)[2:]], 0))
+        flat_pred = tf.reshape(pred, tf.concat([[-1], tf.shape(pred)[2:]], 0))
+        return self.compute_metrics(None, flat_y, flat_pred, sample_weight=None)
+
+    def _check_finite(self, meta_loss, grads):
+        step = self.optimizer.iterations
+        ok = tf.math.is_finite(meta_loss)
+        for g in grads:
+            if g is not None:
+                ok = tf.logical_and(ok, tf.reduce_all(tf.math.is_finite(g)))
+        check = tf.debugging.Assert(ok, [_NONFINITE_MARKER + " at meta-step", step, "meta-loss", meta_loss])
+        # The update must wait for the check, or a NaN step would reach θ before the error.
+        with tf.control_dependencies([check]):
+            return [None if g is None else tf.identity(g) for g in grads]
+
+    def _update_running_statistics(self, new_nt):
+        for var, values in zip(self.model.non_trainable_variables, new_nt):
+            if var.dtype.is_floating if hasattr(var.dtype, "is_floating") else "float" in str(var.dtype):
+                var.assign(tf.reduce_mean(values, axis=0))
+            else:
+                var.assign(values[0])
+
+    def _build_training_state(self, data) -> None:
+        """Create optimizer and metric variables up front: created lazily inside the step function,
+        they would make ``tf.function`` trace it a second time."""
+        if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        metrics = self._compile_metrics
+        if metrics is None or metrics.built or not isinstance(data, tf.data.Dataset):
+            return
+        spec = tf.nest.flatten(data.element_spec)
+        if len(spec) != 4:
+            return
+        query_x, query_y = spec[2], spec[3]
+        y = keras.KerasTensor((None, *query_y.shape[2:]), dtype=query_y.dtype.name)
+        y_pred = self.model.compute_output_spec(keras.KerasTensor((None, *query_x.shape[2:]), dtype=query_x.dtype.name))
+        metrics.build(y, y_pred)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._build_training_state(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def fit(self, x=None, *args, **kwargs):
+        self._build_training_state(x)
+        try:
+            return super().fit(x, *args, **kwargs)
+        except tf.errors.InvalidArgumentError as err:
+            if _NONFINITE_MARKER not in str(err):
+                raise
+            raise MetaLossNotFiniteError(
+                f"The meta-loss or its gradient became NaN/infinite ({_step_from(err)}). θ was not updated "
+                "with it, and checkpoints already written are intact. Lower inner_lr or the optimizer's "
+                "learning rate, clip gradients (e.g. Adam(clipnorm=...)), or check the data for NaN."
+            ) from None
+
+    # -------------------------------------------------------------------------------- adaptation API
+    def predict_after_adaptation(self, support_x, support_y, query_x, steps: Sequence[int] = (0, 1)) -> np.ndarray:
+        """Query predictions after each number of inner steps in ``steps``, for a batch of tasks.
+
+        Inputs carry a leading task axis; returns ``[len(steps), tasks, queries, ...]``. θ never changes.
+        """
+        steps = tuple(sorted(set(int(s) for s in steps)))
+        if steps and steps[0] < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}.")
+        fn = self._prediction_fns.get(steps)
+        if fn is None:
+            bn_training = self.batch_norm == "transductive"
+
+            @tf.function(reduce_retracing=True)
+            def fn(sx, sy, qx):
+                def per_task(elems):
+                    return tf.stack(self._adapt_task(*elems, max(steps), bn_training, True, record_steps=steps))
+
+                out_dtype = self.model.trainable_variables[0].dtype
+                preds = self._map_tasks(per_task, (sx, sy, qx), tf.TensorSpec(None, out_dtype))
+                return tf.transpose(preds, tf.concat([[1, 0], tf.range(2, tf.rank(preds))], 0))
+
+            self._prediction_fns[steps] = fn
+        batch = as_episode_batch((support_x, support_y, query_x, query_x))
+        return fn(batch.support_x, batch.support_y, batch.query_x).numpy()
+
+    def adapt(self, support_x, support_y, steps: int | None = None) -> keras.Model:
+        """Adapt θ to one task (no task axis) and return an ordinary Keras model with the adapted weights."""
+        steps = self.eval_inner_steps if steps is None else int(steps)
+        batch = as_episode_batch((support_x[None], support_y[None], support_x[None], support_y[None]))
+        bn_training = self.batch_norm == "transductive"
+        params = self._adapt_task(
+            batch.support_x[0], batch.support_y[0], batch.support_x[0], steps, bn_training, first_order=True
+        )
+        adapted = keras.models.clone_model(self.model)
+        adapted.set_weights(self.model.get_weights())  # non-trainable state (BN statistics) from θ
+        for var, value in zip(adapted.trainable_variables, params):
+            var.assign(value)
+        if bn_training and _has_batch_norm(self.model):
+            # Transductive batch norm normalises with batch statistics at prediction time too.
+            inputs = keras.Input(shape=self.model.input_shape[1:], dtype=self.model.inputs[0].dtype)
+            adapted = keras.Model(inputs, adapted(inputs, training=True), name=f"{self.model.name}_adapted")
+        return adapted
+
+    # ------------------------------------------------------------------------------- serialisation
+    def get_config(self):
+        return {
+            "model": keras.saving.serialize_keras_object(self.model),
+            "inner_lr": self.inner_lr,
+            "inner_steps": self.inner_steps,
+            "eval_inner_steps": self.eval_inner_steps,
+            "first_order": self.first_order,
+            "learn_inner_lr": self.learn_inner_lr,
+            "adapt_layers": self.adapt_layers,
+            "batch_norm": self.batch_norm,
+            "task_execution": self.task_execution,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        return cls(**config)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _check_model(model) -> None:
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"MAML wraps a Keras 3 model (keras.Model), got {type(model).__name__}. Build one with "
+            "keras.Sequential([...]) or the functional API; tf.keras (Keras 2) models are not supported."
+        )
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built, so its weights do not exist yet. Give it an Input "
+            "(keras.Input(shape=...)) or call model.build(input_shape) before wrapping it in MAML."
+        )
+    if not model.trainable_variables:
+        raise ValueError(
+            f"Model '{model.name}' has no trainable weights: there is nothing to meta-learn. "
+            "Check that its layers are not frozen (layer.trainable = False)."
+        )
+
+
+def _adapted_mask(model: keras.Model, adapt_layers: Sequence[str] | None) -> list[bool]:
+    if adapt_layers is None:
+        return [True] * len(model.trainable_variables)
+    names = {layer.name: layer for layer in model._flatten_layers(include_self=False)}
+    missing = [n for n in adapt_layers if n not in names]
+    if missing:
+        raise ValueError(f"adapt_layers {missing} are not layers of '{model.name}'; its layers are {sorted(names)}.")
+    chosen = {id(w) for n in adapt_layers for w in names[n].trainable_variables}
+    mask = [id(v) in chosen for v in model.trainable_variables]
+    if not any(mask):
+        raise ValueError(f"adapt_layers {list(adapt_layers)} hold no trainable weights; nothing would adapt.")
+    return mask
+
+
+def _has_batch_norm(model: keras.Model) -> bool:
+    return any(isinstance(l, keras.layers.BatchNormalization) for l in model._flatten_layers(include_self=False))
+
+
+def _has_outputs(model: keras.Model) -> bool:
+    try:
+        return bool(model.outputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def _step_from(err: Exception) -> str:
+    import re
+
+    found = re.search(r"at meta-step\] \[(\d+)\]", str(err))
+    return f"at meta-step {found.group(1)}, counted as optimizer.iterations" if found else "meta-step unknown"

@@ -1,0 +1,1 @@
+"""The networks of the MAML paper as plain Keras models."""

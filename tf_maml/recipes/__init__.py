@@ -1,0 +1,1 @@
+"""End-to-end experiments (train, evaluate, plot, export) that the scripts call."""

@@ -1,0 +1,80 @@
+"""Resumable meta-training: checkpoints every epoch, and the data stream restarts at the saved step.
+
+Episode datasets here are indexed by step (``make_dataset(start_step)``), so resuming at step s replays
+exactly the batches an uninterrupted run would have seen: resume is exact, not approximate.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from tf_maml.maml import MAML
+
+
+class _SaveCheckpoint(keras.callbacks.Callback):
+    def __init__(self, manager: tf.train.CheckpointManager) -> None:
+        super().__init__()
+        self.manager = manager
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.manager.save(checkpoint_number=int(self.model.optimizer.iterations))
+
+
+def checkpoint_manager(maml: MAML, directory: str, max_to_keep: int = 3) -> tf.train.CheckpointManager:
+    if maml.optimizer is None:
+        raise RuntimeError("compile() the meta-learner before creating its checkpoint manager.")
+    maml.optimizer.build(maml.trainable_variables)
+    ckpt = tf.train.Checkpoint(model=maml, optimizer=maml.optimizer)
+    return tf.train.CheckpointManager(ckpt, directory, max_to_keep=max_to_keep)
+
+
+def restore_latest(maml: MAML, directory: str) -> int:
+    """Restore the newest checkpoint in ``directory`` if there is one; return the meta-step reached."""
+    manager = checkpoint_manager(maml, directory)
+    if manager.latest_checkpoint:
+        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    return int(maml.optimizer.iterations)
+
+
+def fit_resumable(
+    maml: MAML,
+    make_dataset: Callable[[int], tf.data.Dataset],
+    total_steps: int,
+    steps_per_epoch: int,
+    workdir: str,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    validation_data: tf.data.Dataset | None = None,
+    validation_steps: int | None = None,
+    tensorboard: bool = True,
+    verbose: int | str = "auto",
+) -> keras.callbacks.History | None:
+    """Meta-train ``maml`` to ``total_steps`` meta-steps, resuming from ``workdir/checkpoints`` if present.
+
+    TensorBoard logs go to ``workdir/logs``. Returns the Keras history, or None when already done.
+    """
+    if total_steps % steps_per_epoch:
+        raise ValueError(f"total_steps ({total_steps}) must be a multiple of steps_per_epoch ({steps_per_epoch}).")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    manager = checkpoint_manager(maml, ckpt_dir)
+    start = restore_latest(maml, ckpt_dir)
+    if start % steps_per_epoch:
+        raise ValueError(f"Checkpoint at step {start} is not at an epoch boundary of {steps_per_epoch} steps.")
+    if start >= total_steps:
+        return None
+    all_callbacks = [_SaveCheckpoint(manager), *callbacks]
+    if tensorboard:
+        all_callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
+    return maml.fit(
+        make_dataset(start),
+        steps_per_epoch=steps_per_epoch,
+        initial_epoch=start // steps_per_epoch,
+        epochs=total_steps // steps_per_epoch,
+        callbacks=all_callbacks,
+        validation_data=validation_data,
+        validation_steps=validation_steps,
+        verbose=verbose,
+    )
