@@ -23,6 +23,7 @@ setup(
         "matplotlib>=3.9,<3.12",
         "pillow>=10,<14",
         "tqdm>=4.66,<5",
+        "importlib_resources>=6,<8",  # tensorflow-datasets needs it to download and prepare
     ],
     extras_require={
         "test": ["pytest>=8,<10"],

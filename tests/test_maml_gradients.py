@@ -65,7 +65,7 @@ def gradient_with_constant_inner_gradients(maml, batch, steps, lr):
 
 
 @pytest.mark.parametrize("steps", [1, 3])
-@pytest.mark.parametrize("task_execution", ["vectorized", "map"])
+@pytest.mark.parametrize("task_execution", ["vectorized", "map", "loop"])
 def test_second_order_matches_finite_differences(steps, task_execution):
     maml = MAML(tiny_model(), inner_lr=0.1, inner_steps=steps, task_execution=task_execution)
     maml.compile(optimizer="sgd", loss="mse")

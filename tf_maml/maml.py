@@ -141,7 +141,10 @@ class MAML(keras.Model):
         n = elems[0].shape[0]
         if n is None:
             raise ValueError("task_execution='loop' needs a static number of tasks per batch.")
-        outs = [fn(tuple(e[t] for e in elems)) for t in range(n)]
+        # One traced function called per task: the graph is built once, not once per task, which cuts
+        # tracing time by the number of tasks; grappler inlines the calls so run time is unchanged.
+        task_fn = tf.function(fn, autograph=False, experimental_attributes={"_noinline": True})
+        outs = [task_fn(tuple(e[t] for e in elems)) for t in range(n)]
         return tf.nest.map_structure(lambda *xs: tf.stack(xs), *outs)
 
     def _episode_outputs(self, batch: EpisodeBatch, steps: int, training: bool, first_order: bool):
@@ -290,25 +293,40 @@ class MAML(keras.Model):
                 return tf.transpose(preds, tf.concat([[1, 0], tf.range(2, tf.rank(preds))], 0))
 
             self._prediction_fns[steps] = fn
-        batch = as_episode_batch((support_x, support_y, query_x, query_x))
+        query_x = tf.convert_to_tensor(query_x)
+        support_y = tf.convert_to_tensor(support_y)
+        no_labels = tf.zeros(tf.concat([tf.shape(query_x)[:2], tf.shape(support_y)[2:]], 0), support_y.dtype)
+        batch = as_episode_batch((support_x, support_y, query_x, no_labels))
         return fn(batch.support_x, batch.support_y, batch.query_x).numpy()
+
+    def adapted_predictions(self, support_x, support_y, query_x, steps: int | None = None) -> tf.Tensor:
+        """Query predictions after ``steps`` inner steps on ONE task (no task axis). Traceable: the
+        SavedModel's ``adapt_and_predict`` signature is this function."""
+        steps = self.eval_inner_steps if steps is None else int(steps)
+        (pred,) = self._adapt_task(support_x, support_y, query_x, steps, self.batch_norm == "transductive",
+                                   True, record_steps=(steps,))
+        return pred
 
     def adapt(self, support_x, support_y, steps: int | None = None) -> keras.Model:
         """Adapt θ to one task (no task axis) and return an ordinary Keras model with the adapted weights."""
         steps = self.eval_inner_steps if steps is None else int(steps)
         batch = as_episode_batch((support_x[None], support_y[None], support_x[None], support_y[None]))
-        bn_training = self.batch_norm == "transductive"
+        transductive = self.batch_norm == "transductive"
         params = self._adapt_task(
-            batch.support_x[0], batch.support_y[0], batch.support_x[0], steps, bn_training, first_order=True
+            batch.support_x[0], batch.support_y[0], batch.support_x[0], steps, transductive, first_order=True
         )
-        adapted = keras.models.clone_model(self.model)
+
+        def clone_layer(layer):
+            # Transductive batch norm normalises with batch statistics at prediction time too, whatever
+            # `training` the caller (e.g. `predict`) passes down.
+            if transductive and isinstance(layer, keras.layers.BatchNormalization):
+                return TransductiveBatchNormalization.from_config(layer.get_config())
+            return layer.__class__.from_config(layer.get_config())
+
+        adapted = keras.models.clone_model(self.model, clone_function=clone_layer)
         adapted.set_weights(self.model.get_weights())  # non-trainable state (BN statistics) from θ
         for var, value in zip(adapted.trainable_variables, params):
             var.assign(value)
-        if bn_training and _has_batch_norm(self.model):
-            # Transductive batch norm normalises with batch statistics at prediction time too.
-            inputs = keras.Input(shape=self.model.input_shape[1:], dtype=self.model.inputs[0].dtype)
-            adapted = keras.Model(inputs, adapted(inputs, training=True), name=f"{self.model.name}_adapted")
         return adapted
 
     # ------------------------------------------------------------------------------- serialisation
@@ -331,6 +349,14 @@ class MAML(keras.Model):
         config = dict(config)
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tf_maml")
+class TransductiveBatchNormalization(keras.layers.BatchNormalization):
+    """Normalises with the current batch's statistics whatever ``training`` says (transductive MAML)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return super().call(inputs, training=True, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -366,7 +392,7 @@ def _adapted_mask(model: keras.Model, adapt_layers: Sequence[str] | None) -> lis
     return mask
 
 
-def _has_batch_norm(model: keras.Model) -> bool:
+def has_batch_norm(model: keras.Model) -> bool:
     return any(isinstance(l, keras.layers.BatchNormalization) for l in model._flatten_layers(include_self=False))
 
 
