@@ -19,7 +19,7 @@ install: $(STAMP)
 
 # Sinusoid meta-training and evaluation on the embedded task distribution (no download), a few minutes on 2 cores.
 demo: $(STAMP)
-	$(PY) scripts/train_sinusoid.py --preset demo --workdir runs/sinusoid_demo
+	$(PY) scripts/train_sinusoid.py --preset demo --workdir runs/sinusoid_demo --export runs/sinusoid_demo/export
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -112,3 +112,24 @@ def plot_adaptation(maml: MAML, baseline: MAML, config: SinusoidConfig, path: st
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def export(workdir: str, base_dir: str, config: SinusoidConfig, name: str = "sinusoid") -> str:
+    """Export the meta-learner trained in ``workdir`` for TF Serving (``adapt_and_predict`` included)."""
+    import tensorflow as tf
+
+    from tf_maml.serving import export_meta_learner
+
+    maml = keras.models.load_model(os.path.join(workdir, "maml.keras"))
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    metadata = {
+        "task_family": "sinusoid regression (Finn et al. 2017): amplitude U[0.1, 5], phase U[0, pi], x U[-5, 5]",
+        "preprocessing": "none: x is the raw input in [-5, 5]",
+        "config": dataclasses.asdict(config),
+        "training": {"meta_steps": results["meta_steps_done"], "wall_seconds": results["train_seconds"]},
+        "held_out_mse": results["maml"],
+        "source_keras": os.path.abspath(os.path.join(workdir, "maml.keras")),
+    }
+    return export_meta_learner(maml, base_dir, name, metadata=metadata,
+                               support_y_spec=tf.TensorSpec([None, 1], tf.float32))
