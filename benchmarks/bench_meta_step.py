@@ -141,7 +141,12 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny run to check the benchmark works")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--grappler", action="store_true", help="keep TF graph optimisation on (default: off)")
     args = parser.parse_args()
+    if not args.grappler:
+        from tf_maml.performance import skip_graph_optimization
+
+        skip_graph_optimization()
     if args.quick:
         args.repeats = 2
     threads = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
