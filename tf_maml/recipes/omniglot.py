@@ -136,3 +136,30 @@ def load_for_evaluation(workdir: str | None = None, saved_model: str | None = No
     return maml, OmniglotConfig(**read_metadata(saved_model)["config"])
 
 
+
+
+def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | None = None,
+           name: str | None = None) -> str:
+    """Export the newest checkpoint of ``workdir`` as a served meta-learner, with metadata listing the
+    meta-test classes (TFDS label ids; each also appears rotated by 90/180/270°) and the budget spent."""
+    from tf_maml.serving import export_meta_learner
+
+    maml, config = load_for_evaluation(workdir=workdir)
+    budget_path = os.path.join(workdir, "budget.json")
+    budget = json.load(open(budget_path)) if os.path.exists(budget_path) else {}
+    budget["meta_steps"] = int(maml.optimizer.iterations)
+    metadata = {
+        "task_family": f"Omniglot {config.ways}-way {config.shots}-shot classification ({config.split} split)",
+        "preprocessing": "TFDS omniglot 105x105 image, first channel, ink = 1 - pixel / 255, resized to 28x28 "
+                         "(lanczos3, antialiased), float32 [28, 28, 1] in [0, 1]; rotations by multiples of 90 "
+                         "degrees are distinct classes",
+        "num_classes": config.ways,
+        "config": dataclasses.asdict(config),
+        "training": {**budget, "paper_meta_steps": 60_000},
+        "meta_test_tfds_label_ids": sorted(int(i) for i in data.meta_test.label_ids),
+        "meta_test_rotations": data.meta_test.rotations,
+        "source_checkpoint": os.path.abspath(os.path.join(workdir, "checkpoints")),
+    }
+    if results is not None:
+        metadata["meta_test_accuracy"] = results
+    return export_meta_learner(maml, base_dir, name or config.name, metadata=metadata)
