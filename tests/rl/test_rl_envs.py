@@ -1,0 +1,99 @@
+import json
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import tf_maml.rl
+from tf_maml.rl.envs import ENV_IDS, register_envs
+
+MUJOCO = [i for i in ENV_IDS if "Navigation" not in i]
+
+
+@pytest.mark.parametrize("env_id", list(ENV_IDS))
+def test_check_env_and_task_api(env_id):
+    env = gym.make(env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # MuJoCo rendering needs a display/GL context; these envs are used headless.
+        check_env(env.unwrapped, skip_render_check=env_id in MUJOCO)
+    tasks = env.unwrapped.sample_tasks(5, seed=3)
+    assert tasks == env.unwrapped.sample_tasks(5, seed=3)
+    assert tasks != env.unwrapped.sample_tasks(5, seed=4)
+    assert json.loads(json.dumps(tasks)) == tasks
+    env.reset(seed=0, options={"task": tasks[2]})
+    assert env.unwrapped.task == tasks[2]
+    env.reset(seed=1)  # a plain reset keeps the task
+    assert env.unwrapped.task == tasks[2]
+    assert env.spec.max_episode_steps == ENV_IDS[env_id][1]
+    env.close()
+
+
+def test_register_is_idempotent():
+    register_envs()
+    register_envs()
+    import importlib
+
+    importlib.reload(tf_maml.rl)
+    assert "tf_maml/Navigation2D-v0" in gym.registry
+
+
+def test_task_distributions():
+    nav = gym.make("tf_maml/Navigation2D-v0").unwrapped
+    goals = np.array([t["goal"] for t in nav.sample_tasks(500, seed=0)])
+    assert goals.min() >= -0.5 and goals.max() <= 0.5 and goals.std() > 0.2
+    vel = np.array([t["velocity"] for t in gym.make("tf_maml/HalfCheetahVel-v0").unwrapped.sample_tasks(300, 0)])
+    assert vel.min() >= 0 and vel.max() <= 2 and vel.max() > 1.8
+    ant = np.array([t["velocity"] for t in gym.make("tf_maml/AntVel-v0").unwrapped.sample_tasks(300, 0)])
+    assert ant.max() <= 3 and ant.max() > 2.5
+    dirs = {t["direction"] for t in gym.make("tf_maml/AntDir-v0").unwrapped.sample_tasks(50, 0)}
+    assert dirs == {-1, 1}
+
+
+def test_navigation_reward_by_hand():
+    env = gym.make("tf_maml/Navigation2D-v0")
+    obs, _ = env.reset(options={"task": {"goal": [0.3, -0.2]}})
+    np.testing.assert_allclose(obs, [0, 0])
+    obs, r, term, trunc, _ = env.step(np.array([0.5, -0.05], np.float32))  # x clipped to 0.1
+    np.testing.assert_allclose(obs, [0.1, -0.05], atol=1e-7)
+    assert r == pytest.approx(-np.hypot(0.3 - 0.1, -0.2 + 0.05))
+    assert not term and not trunc
+    for _ in range(98):
+        _, _, term, trunc, _ = env.step(np.zeros(2, np.float32))
+        assert not trunc
+    _, r, term, trunc, _ = env.step(np.zeros(2, np.float32))
+    assert trunc and not term  # horizon 100
+
+
+@pytest.mark.parametrize("env_id", ["tf_maml/HalfCheetahVel-v0", "tf_maml/HalfCheetahDir-v0"])
+def test_cheetah_reward_by_hand(env_id):
+    env = gym.make(env_id)
+    task = env.unwrapped.sample_tasks(1, seed=5)[0]
+    env.reset(seed=0, options={"task": task})
+    a = np.linspace(-0.9, 0.9, 6).astype(np.float32)
+    x0 = env.unwrapped.data.qpos[0]
+    _, r, _, _, info = env.step(a)
+    v = (env.unwrapped.data.qpos[0] - x0) / env.unwrapped.dt
+    ctrl = 0.05 * np.sum(np.square(a))
+    expected = -abs(v - task["velocity"]) - ctrl if "velocity" in task else task["direction"] * v - ctrl
+    assert r == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("env_id", ["tf_maml/AntVel-v0", "tf_maml/AntDir-v0"])
+def test_ant_reward_by_hand(env_id):
+    env = gym.make(env_id)
+    task = env.unwrapped.sample_tasks(1, seed=2)[0]
+    env.reset(seed=0, options={"task": task})
+    a = np.linspace(-0.8, 0.8, 8).astype(np.float32)
+    xy0 = env.unwrapped.data.body(1).xpos[:2].copy()
+    _, r, term, _, _ = env.step(a)
+    u = env.unwrapped
+    v = (u.data.body(1).xpos[0] - xy0[0]) / u.dt
+    forward = -abs(v - task["velocity"]) if "velocity" in task else task["direction"] * v
+    contact = 5e-4 * np.sum(np.square(np.clip(u.data.cfrc_ext, -1, 1)))
+    healthy = float(np.isfinite(u.state_vector()).all() and 0.2 <= u.state_vector()[2] <= 1.0)
+    expected = forward + healthy - 0.5 * np.sum(np.square(a)) - contact
+    assert r == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert term == (healthy == 0.0)

@@ -1,0 +1,67 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_maml.rl import export as rl_export
+from tf_maml.rl.policy import build_policy, distribution, policy_params
+from tf_maml.rl.sampler import Sampler
+
+LOADER = """
+import json, sys
+import numpy as np, tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+obs = np.load(sys.argv[2])
+mean = m.signatures["serving_default"](observations=tf.constant(obs))["actions"].numpy()
+sample = m.signatures["sample"](observations=tf.constant(obs))["actions"].numpy()
+np.save(sys.argv[3], np.stack([mean, sample]))
+"""
+
+
+def test_export_adapted_policy_roundtrip_in_fresh_process(tmp_path):
+    model = build_policy(2, 2, seed=3)
+    sampler = Sampler("tf_maml/Navigation2D-v0", model, num_envs=8)
+    task = sampler.sample_tasks(1, seed=9)[0]
+    base = str(tmp_path / "models")
+    path, adapted = rl_export.export_adapted_policy(
+        model, policy_params(model), sampler, task, base, "nav", fast_lr=0.5, steps=1, n_traj=8
+    )
+    assert path == os.path.join(base, "nav", "1")
+    assert not np.allclose(adapted[0].numpy(), model.trainable_variables[0].numpy())  # it did adapt
+    with open(os.path.join(path, "assets", "metadata.json")) as f:
+        meta = json.load(f)
+    assert meta["task"] == task and meta["adaptation"]["steps"] == 1 and meta["action_dim"] == 2
+
+    obs = np.random.default_rng(0).uniform(-0.5, 0.5, size=(16, 2)).astype(np.float32)
+    np.save(tmp_path / "obs.npy", obs)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run([sys.executable, "-c", LOADER, path, str(tmp_path / "obs.npy"), str(tmp_path / "out.npy")],
+                   check=True, env=env, timeout=120)
+    served_mean, served_sample = np.load(tmp_path / "out.npy")
+    expected, log_std = distribution(model, adapted, obs)
+    assert np.abs(served_mean - expected.numpy()).max() <= 1e-5
+    z = (served_sample - expected.numpy()) / np.exp(log_std.numpy())
+    assert np.abs(z).max() < 6 and np.abs(served_sample - served_mean).max() > 1e-3  # a real sample
+    sampler.close()
+
+
+def test_versions_increment_and_failures_leave_nothing(tmp_path, monkeypatch):
+    model = build_policy(2, 2, seed=0)
+    base = str(tmp_path)
+    p1 = rl_export.export_policy(model, policy_params(model), base, "m", {"note": "a"})
+    p2 = rl_export.export_policy(model, policy_params(model), base, "m", {"note": "b"})
+    assert [os.path.basename(p1), os.path.basename(p2)] == ["1", "2"]
+    os.makedirs(os.path.join(base, "m", "7"))  # someone else's version: we continue after it
+    assert rl_export.next_version(os.path.join(base, "m")) == 8
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", boom)
+    with pytest.raises(RuntimeError):
+        rl_export.export_policy(model, policy_params(model), base, "m")
+    assert sorted(os.listdir(os.path.join(base, "m"))) == ["1", "2", "7"]

@@ -1,0 +1,86 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_maml.rl.policy import GaussianHead, build_policy, distribution, entropy, kl_divergence, log_prob, policy_params
+from tf_maml.rl.sampler import Sampler, _wave_layout
+
+
+def test_gaussian_formulas_by_hand():
+    mean = tf.constant([[0.5, -1.0]])
+    log_std = tf.constant([[0.0, math.log(2.0)]])
+    a = tf.constant([[1.5, 1.0]])
+    expected = (-0.5 * 1.0**2 - 0.0 - 0.5 * math.log(2 * math.pi)) + (-0.5 * 1.0**2 - math.log(2) - 0.5 * math.log(2 * math.pi))
+    assert float(log_prob(mean, log_std, a)[0]) == pytest.approx(expected, rel=1e-6)
+    assert float(entropy(log_std)[0]) == pytest.approx(1 + 0.5 * math.log(2 * math.pi) * 2 + math.log(2), rel=1e-6)
+    # KL(N(0,1) || N(1, 2²)) = log 2 + (1 + 1) / 8 − 1/2 per dimension
+    kl = kl_divergence(tf.zeros((1, 1)), tf.zeros((1, 1)), tf.ones((1, 1)), tf.fill((1, 1), math.log(2.0)))
+    assert float(kl[0]) == pytest.approx(math.log(2) + 2 / 8 - 0.5, rel=1e-6)
+    assert float(kl_divergence(mean, log_std, mean, log_std)[0]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_policy_architecture_substitution_and_serialisation(tmp_path):
+    model = build_policy(5, 3, seed=1)
+    assert [tuple(v.shape) for v in model.trainable_variables] == [(5, 100), (100,), (100, 100), (100,), (100, 3), (3,), (3,)]
+    obs = np.random.default_rng(0).normal(size=(4, 7, 5)).astype(np.float32)
+    mean, log_std = distribution(model, policy_params(model), obs)
+    assert mean.shape == (4, 7, 3) and log_std.shape == (4, 7, 3)
+    np.testing.assert_allclose(mean.numpy().reshape(-1, 3), model(obs.reshape(-1, 5)).numpy()[:, :3], atol=1e-5)
+    shifted = policy_params(model)
+    shifted[-1] = shifted[-1] + 1.0  # substituted log-std, model variables untouched
+    _, log_std2 = distribution(model, shifted, obs)
+    np.testing.assert_allclose(log_std2.numpy(), log_std.numpy() + 1.0, atol=1e-6)
+    path = str(tmp_path / "policy.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.get_layer("gaussian_head"), GaussianHead)
+    np.testing.assert_allclose(loaded(obs[0]).numpy(), model(obs[0]).numpy(), atol=1e-6)
+
+
+def test_wave_layout():
+    assert _wave_layout(20, 20, 400) == (20, 20)
+    assert _wave_layout(3, 4, 10) == (2, 4)
+    assert _wave_layout(5, 20, 8) == (1, 5)
+
+
+@pytest.mark.parametrize("num_envs", [400, 10, 3])
+def test_sampler_shapes_rewards_and_seeds(num_envs):
+    model = build_policy(2, 2, seed=0)
+    sampler = Sampler("tf_maml/Navigation2D-v0", model, num_envs=num_envs)
+    tasks = sampler.sample_tasks(3, seed=0)
+    batch = sampler.sample(policy_params(model), tasks, n_traj=6, seed=11)
+    assert batch.obs.shape == (3, 6, 100, 2) and batch.actions.shape == (3, 6, 100, 2)
+    assert batch.rewards.shape == batch.mask.shape == (3, 6, 100)
+    assert batch.mask.all()
+    # rewards are −distance after the clipped move, for each task's own goal
+    goals = np.array([t["goal"] for t in tasks])[:, None, None, :]
+    pos = batch.obs + np.clip(batch.actions, -0.1, 0.1)
+    np.testing.assert_allclose(batch.rewards, -np.linalg.norm(pos - goals, axis=-1), atol=1e-5)
+    np.testing.assert_allclose(batch.obs[:, :, 1:], pos[:, :, :-1], atol=1e-5)
+    again = sampler.sample(policy_params(model), tasks, n_traj=6, seed=11)
+    np.testing.assert_array_equal(batch.actions, again.actions)
+    other = sampler.sample(policy_params(model), tasks, n_traj=6, seed=12)
+    assert not np.allclose(batch.actions, other.actions)
+    # per-task parameters: a huge negative log-std for task 1 only makes its actions deterministic
+    stacked = [tf.stack([p] * 3) for p in policy_params(model)]
+    stacked[-1] = tf.tensor_scatter_nd_update(stacked[-1], [[1]], [[-20.0, -20.0]])
+    per_task = sampler.sample(stacked, tasks, n_traj=6, seed=11, per_task_params=True)
+    assert np.abs(per_task.actions[1, 0] - per_task.actions[1, 1]).max() < 1e-6
+    assert np.abs(per_task.actions[0, 0] - per_task.actions[0, 1]).max() > 0.1
+    sampler.close()
+
+
+def test_sampler_async_mujoco_with_termination():
+    model = build_policy(105, 8, seed=0, init_log_std=1.5)  # wild actions make the Ant fall over
+    sampler = Sampler("tf_maml/AntDir-v0", model, num_envs=2)
+    assert sampler.asynchronous
+    tasks = sampler.sample_tasks(2, seed=0)
+    batch = sampler.sample(policy_params(model), tasks, n_traj=1, seed=0)
+    assert batch.obs.shape == (2, 1, 200, 105)
+    m = batch.mask
+    assert np.all(np.diff(m, axis=-1) <= 0)  # once done, masked for the rest of the horizon
+    assert np.all(batch.rewards[m == 0] == 0)
+    sampler.close()

@@ -1,0 +1,104 @@
+"""Locomotion task families on gymnasium's MuJoCo HalfCheetah-v5 and Ant-v5 (MAML paper, section 5.3).
+
+The physics, observations and cost terms are gymnasium's; only the forward term of the reward
+changes per task (target velocity or direction), which is what makes these meta-learning problems.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+
+from tf_maml.rl.envs.base import Task, TaskMixin
+
+
+class _VelocityTask(TaskMixin):
+    velocity_range: tuple[float, float]
+
+    def _sample_task(self, rng: np.random.Generator) -> Task:
+        return {"velocity": float(rng.uniform(*self.velocity_range))}
+
+    def _validate_task(self, task: Task) -> Task:
+        return {"velocity": float(task["velocity"])}
+
+    def _forward_term(self, x_velocity: float) -> float:
+        return -abs(x_velocity - self._task["velocity"])
+
+
+class _DirectionTask(TaskMixin):
+    def _sample_task(self, rng: np.random.Generator) -> Task:
+        return {"direction": int(rng.choice([-1, 1]))}
+
+    def _validate_task(self, task: Task) -> Task:
+        direction = int(task["direction"])
+        if direction not in (-1, 1):
+            raise ValueError(f"direction must be -1 or 1, got {task['direction']!r}")
+        return {"direction": direction}
+
+    def _forward_term(self, x_velocity: float) -> float:
+        return self._task["direction"] * x_velocity
+
+
+class _CheetahTaskEnv(HalfCheetahEnv):
+    """HalfCheetah-v5 with reward ``forward_term(v) − 0.05‖a‖²`` (the rllab/MAML control weight)."""
+
+    def __init__(self, task: Task | None = None, ctrl_cost_weight: float = 0.05, **kwargs) -> None:
+        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        self.task = task if task is not None else self._sample_task(np.random.default_rng(0))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self._apply_reset_options(options)
+        obs, info = super().reset(seed=seed, options=options)
+        return obs, {**info, "task": self.task}
+
+    def _get_rew(self, x_velocity: float, action):
+        forward = self._forward_term(x_velocity)
+        ctrl_cost = self.control_cost(action)
+        return forward - ctrl_cost, {"reward_forward": forward, "reward_ctrl": -ctrl_cost}
+
+
+class _AntTaskEnv(AntEnv):
+    """Ant-v5 with reward ``forward_term(v) + survive − control − contact`` (gymnasium's weights)."""
+
+    def __init__(self, task: Task | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.task = task if task is not None else self._sample_task(np.random.default_rng(0))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self._apply_reset_options(options)
+        obs, info = super().reset(seed=seed, options=options)
+        return obs, {**info, "task": self.task}
+
+    def _get_rew(self, x_velocity: float, action):
+        forward = self._forward_term(x_velocity)
+        healthy = self.healthy_reward
+        ctrl_cost = self.control_cost(action)
+        contact_cost = self.contact_cost
+        info = {
+            "reward_forward": forward,
+            "reward_ctrl": -ctrl_cost,
+            "reward_contact": -contact_cost,
+            "reward_survive": healthy,
+        }
+        return forward + healthy - ctrl_cost - contact_cost, info
+
+
+class HalfCheetahVelEnv(_VelocityTask, _CheetahTaskEnv):
+    """Run at a goal velocity v* ~ U[0, 2]: reward −|v − v*| − 0.05‖a‖²."""
+
+    velocity_range = (0.0, 2.0)
+
+
+class HalfCheetahDirEnv(_DirectionTask, _CheetahTaskEnv):
+    """Run forward (+1) or backward (−1): reward direction·v − 0.05‖a‖²."""
+
+
+class AntVelEnv(_VelocityTask, _AntTaskEnv):
+    """Ant at a goal velocity v* ~ U[0, 3]."""
+
+    velocity_range = (0.0, 3.0)
+
+
+class AntDirEnv(_DirectionTask, _AntTaskEnv):
+    """Ant forward (+1) or backward (−1)."""

@@ -1,0 +1,157 @@
+"""Export a (task-adapted) policy as a TF Serving SavedModel: ``<base>/<name>/<version>/``.
+
+Versions are integers and never overwritten: the next free number is used, the model is written to
+a hidden temp dir next to it and renamed into place, so a failure leaves no half-written version
+(TF Serving ignores non-integer directories). Signatures: ``serving_default``
+(``observations → actions``, the mean action) and ``sample`` (a Gaussian sample). A JSON metadata
+file (task, adaptation settings, dims) is stored as a SavedModel asset: ``assets/metadata.json``.
+Self-contained on purpose, so it can be folded into the general ``tf_maml/serving.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from tf_maml.rl.envs.base import Task
+from tf_maml.rl.policy import distribution
+
+
+class PolicyModule(tf.Module):
+    """Frozen policy weights plus the serving functions; the Keras model is only traced, not saved."""
+
+    def __init__(self, model: keras.Model, params: Sequence[tf.Tensor], metadata_path: str) -> None:
+        super().__init__(name="policy")
+        self.params = [tf.Variable(p, trainable=False, name=f"param_{i}") for i, p in enumerate(params)]
+        self.metadata = tf.saved_model.Asset(metadata_path)
+        obs_dim = int(model.input_shape[-1])
+        spec = tf.TensorSpec([None, obs_dim], tf.float32, name="observations")
+
+        def mean_action(observations):
+            mean, _ = distribution(model, [v.read_value() for v in self.params], observations)
+            return {"actions": mean}
+
+        def sampled_action(observations):
+            mean, log_std = distribution(model, [v.read_value() for v in self.params], observations)
+            return {"actions": mean + tf.exp(log_std) * tf.random.normal(tf.shape(mean), dtype=mean.dtype)}
+
+        self.serve = tf.function(mean_action, input_signature=[spec])
+        self.sample = tf.function(sampled_action, input_signature=[spec])
+
+
+def next_version(model_dir: str) -> int:
+    """1 + the largest integer version directory (1 when there is none)."""
+    if not os.path.isdir(model_dir):
+        return 1
+    versions = [int(d) for d in os.listdir(model_dir) if re.fullmatch(r"\d+", d)]
+    return max(versions, default=0) + 1
+
+
+def export_policy(
+    model: keras.Model, params: Sequence[tf.Tensor], base_dir: str, name: str, metadata: dict[str, Any] | None = None
+) -> str:
+    """Save ``params`` (aligned with ``model.trainable_variables``) as the next version; returns its path."""
+    model_dir = os.path.join(base_dir, name)
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = os.path.join(model_dir, f".tmp-{uuid.uuid4().hex}")
+    meta_dir = tempfile.mkdtemp(prefix="tf_maml_meta_")
+    try:
+        meta = {
+            "format": "tf_maml.rl.export/1",
+            "observation_dim": int(model.input_shape[-1]),
+            "action_dim": int(model.output_shape[-1]) // 2,
+            "signatures": {"serving_default": "mean action", "sample": "sampled action"},
+            **(metadata or {}),
+        }
+        meta_path = os.path.join(meta_dir, "metadata.json")
+        with open(meta_path, "w") as f:
+            json.dump(meta, f, indent=2)
+        module = PolicyModule(model, params, meta_path)
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve, "sample": module.sample})
+        for _ in range(100):  # another writer may take a number between our scan and rename
+            path = os.path.join(model_dir, str(next_version(model_dir)))
+            try:
+                os.rename(tmp, path)
+                return path
+            except OSError:
+                if not os.path.exists(path):
+                    raise
+        raise RuntimeError(f"could not find a free version under {model_dir}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(meta_dir, ignore_errors=True)
+
+
+def export_adapted_policy(
+    model: keras.Model,
+    meta_params: Sequence[tf.Tensor],
+    sampler,
+    task: Task,
+    base_dir: str,
+    name: str,
+    fast_lr: float,
+    steps: int = 1,
+    n_traj: int = 20,
+    seed: int = 0,
+) -> tuple[str, list[tf.Tensor]]:
+    """Adapt the meta-policy to ``task`` (``steps`` policy-gradient steps on sampled episodes) and export it.
+
+    Returns the version path and the adapted parameters (so callers can check the served actions).
+    """
+    from tf_maml.rl.evaluation import adaptation_returns
+
+    returns, stacked = adaptation_returns(
+        model, meta_params, sampler, [task], n_traj, fast_lr, steps=steps, seed=seed, return_params=True
+    )
+    params = [p[0] for p in stacked]
+    # adaptation_returns also samples with the final policy; its return is recorded as metadata.
+    meta = {
+        "task": task,
+        "env_id": sampler.env_id,
+        "adaptation": {"steps": steps, "fast_lr": fast_lr, "n_traj": n_traj, "seed": seed},
+        "returns_by_step": [float(r[0]) for r in returns],
+    }
+    return export_policy(model, params, base_dir, name, meta), params
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tf_maml.rl.export --logdir RUN --base saved_models --name NAME [--task-seed S]``:
+    export the meta-policy (``--steps 0``) or a policy adapted to one held-out task."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--logdir", required=True)
+    p.add_argument("--base", default="saved_models")
+    p.add_argument("--name", required=True)
+    p.add_argument("--steps", type=int, default=1, help="adaptation steps; 0 exports the meta-policy itself")
+    p.add_argument("--task-seed", type=int, default=4321)
+    p.add_argument("--n-traj", type=int, default=20)
+    args = p.parse_args(argv)
+
+    from tf_maml.rl.maml_trpo import MAMLTRPO
+    from tf_maml.rl.policy import policy_params
+
+    learner = MAMLTRPO.from_logdir(args.logdir)
+    c = learner.config
+    if args.steps == 0:
+        meta = {"env_id": c.env_id, "kind": "meta-policy", "iteration": int(learner.iteration.numpy()),
+                "fast_lr": c.fast_lr, "inner_steps": c.inner_steps}
+        path = export_policy(learner.model, policy_params(learner.model), args.base, args.name, meta)
+    else:
+        task = learner.sampler.sample_tasks(1, args.task_seed)[0]
+        path, _ = export_adapted_policy(learner.model, policy_params(learner.model), learner.sampler, task,
+                                        args.base, args.name, c.fast_lr, args.steps, args.n_traj, seed=args.task_seed)
+    learner.close()
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

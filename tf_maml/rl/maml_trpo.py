@@ -1,0 +1,290 @@
+"""MAML-TRPO (Finn et al. 2017, section 5.3): meta-learn a policy initialisation for fast adaptation.
+
+Per iteration: sample a meta-batch of tasks; sample pre-update episodes with θ; take a differentiable
+policy-gradient step per task (:func:`tf_maml.inner_loop.gradient_step`) to θ'_i; sample post-update
+episodes with θ'_i; then a TRPO step on θ for the post-update surrogate, with the KL trust region
+and its Hessian (for conjugate gradient) both taken *through* the inner update.
+
+The task axis is handled by stacking per-task parameters ``[T, ...]`` and either ``vectorized_map``
+or an unrolled loop (``vectorize``; see ``benchmarks/bench_rl.py``). Because the inner loss is a sum
+of per-task losses of the stacked copies, one gradient gives every task its own inner step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_maml.inner_loop import adapt
+from tf_maml.rl.advantages import task_advantages
+from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
+from tf_maml.rl.sampler import Sampler, TrajectoryBatch
+from tf_maml.rl.trpo import backtracking_line_search, conjugate_gradient, flatten, hessian_vector_product, unflatten
+
+
+class PGData(NamedTuple):
+    """One batch as tensors with a task axis: obs ``[T, N, H, d]``, actions, advantages/mask ``[T, N, H]``."""
+
+    obs: tf.Tensor
+    actions: tf.Tensor
+    advantages: tf.Tensor
+    mask: tf.Tensor
+
+
+def to_pg_data(batch: TrajectoryBatch, gamma: float, lam: float, dtype=tf.float32) -> PGData:
+    """Fit the per-task baselines and pack the batch for the TensorFlow update."""
+    adv = task_advantages(batch.obs, batch.rewards, batch.mask, gamma, lam)
+    return PGData(*(tf.constant(x, dtype) for x in (batch.obs, batch.actions, adv, batch.mask)))
+
+
+def per_task(fn: Callable, stacked_params: Sequence[tf.Tensor], data: Sequence[tf.Tensor], vectorize: bool) -> tf.Tensor:
+    """``[fn(params_i, *data_i) for i in tasks]`` stacked, vectorised (pfor) or as an unrolled loop."""
+    if vectorize:
+        return tf.vectorized_map(lambda a: fn(list(a[0]), *a[1]), (list(stacked_params), tuple(data)))
+    n = int(data[0].shape[0])
+    return tf.stack([fn([p[i] for p in stacked_params], *[d[i] for d in data]) for i in range(n)])
+
+
+def pg_loss(model: keras.Model, params: Sequence[tf.Tensor], obs, actions, advantages, mask) -> tf.Tensor:
+    """Vanilla policy-gradient surrogate ``−mean_t log π(a_t|s_t) A_t`` over one task's valid steps."""
+    mean, log_std = distribution(model, params, obs)
+    logp = log_prob(mean, log_std, actions)
+    return -tf.reduce_sum(logp * advantages * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def inner_update(
+    model: keras.Model,
+    stacked_params: Sequence[tf.Tensor],
+    data: PGData,
+    fast_lr: float,
+    steps: int,
+    first_order: bool,
+    vectorize: bool,
+) -> list[tf.Tensor]:
+    """``steps`` differentiable policy-gradient steps, one independent adaptation per task."""
+
+    def loss_fn(params):
+        return tf.reduce_sum(per_task(lambda p, *d: pg_loss(model, p, *d), params, data, vectorize))
+
+    rates = [tf.constant(fast_lr, p.dtype) for p in stacked_params]
+    return adapt(stacked_params, loss_fn, rates, steps, first_order)
+
+
+def tile_params(params: Sequence[tf.Tensor], n: int) -> list[tf.Tensor]:
+    return [tf.repeat(tf.convert_to_tensor(p)[None], n, axis=0) for p in params]
+
+
+@dataclasses.dataclass
+class MAMLTRPOConfig:
+    env_id: str = "tf_maml/Navigation2D-v0"
+    meta_batch_size: int = 20
+    n_traj: int = 20
+    fast_lr: float = 0.1
+    inner_steps: int = 1  # 0 = plain TRPO on the task mixture (the "pretrained" baseline)
+    first_order: bool = False
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_steps: int = 15
+    ls_ratio: float = 0.8
+    hidden: tuple[int, ...] = (100, 100)
+    num_envs: int = 400
+    asynchronous: bool | None = None
+    vectorize: bool = True
+    seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MAMLTRPOConfig":
+        d = json.loads(text)
+        d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+
+def _seed(*parts: int) -> int:
+    """Deterministic per-iteration seed (so a resumed run samples exactly what the original would)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31 - 1))
+
+
+class MAMLTRPO:
+    """The meta-learner: owns the policy, sampler, checkpoints and TensorBoard writer."""
+
+    def __init__(self, config: MAMLTRPOConfig, logdir: str | None = None, progress: bool = False) -> None:
+        self.config = config
+        self.logdir = logdir
+        probe = Sampler(config.env_id, keras.Sequential(), num_envs=1, asynchronous=False)
+        self.model = build_policy(probe.obs_dim, probe.act_dim, config.hidden, seed=config.seed)
+        probe.close()
+        self.sampler = Sampler(config.env_id, self.model, config.num_envs, config.asynchronous, progress)
+        self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
+        self.checkpoint = tf.train.Checkpoint(policy=self.model, iteration=self.iteration)
+        self.manager = None
+        self.writer = None
+        if logdir is not None:
+            os.makedirs(logdir, exist_ok=True)
+            config_path = os.path.join(logdir, "config.json")
+            if not os.path.exists(config_path):
+                with open(config_path, "w") as f:
+                    f.write(config.to_json())
+            self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(logdir, "checkpoints"), max_to_keep=3)
+            if self.manager.latest_checkpoint:
+                self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.writer = tf.summary.create_file_writer(os.path.join(logdir, "tensorboard"))
+        self._like = policy_params(self.model)
+        self._adapted_fn = tf.function(self._adapted, reduce_retracing=True)
+        self._old_fn = tf.function(self._old_dist, reduce_retracing=True)
+        self._loss_kl_fn = tf.function(self._loss_kl, reduce_retracing=True)
+        self._loss_grad_fn = tf.function(self._loss_grad, reduce_retracing=True)
+        self._fvp_fn = tf.function(self._fvp, reduce_retracing=True)
+
+    @classmethod
+    def from_logdir(cls, logdir: str, **overrides) -> "MAMLTRPO":
+        """Rebuild from ``logdir/config.json`` and restore the latest checkpoint."""
+        with open(os.path.join(logdir, "config.json")) as f:
+            config = MAMLTRPOConfig.from_json(f.read())
+        return cls(dataclasses.replace(config, **overrides), logdir)
+
+    # ---- differentiable pieces (flat θ in, so CG and the line search can work on vectors) ----
+
+    def _adapted(self, theta: tf.Tensor, pre: PGData) -> list[tf.Tensor]:
+        c = self.config
+        stacked = tile_params(unflatten(theta, self._like), c.meta_batch_size)
+        if c.inner_steps == 0:
+            return stacked
+        return inner_update(self.model, stacked, pre, c.fast_lr, c.inner_steps, c.first_order, c.vectorize)
+
+    def _post_dist(self, adapted: Sequence[tf.Tensor], obs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        out = per_task(lambda p, o: tf.concat(distribution(self.model, p, o), -1), adapted, (obs,), self.config.vectorize)
+        return tf.split(out, 2, axis=-1)
+
+    def _old_dist(self, theta: tf.Tensor, pre: PGData, post: PGData) -> tuple[tf.Tensor, tf.Tensor]:
+        return self._post_dist(self._adapted(theta, pre), post.obs)
+
+    def _loss_kl(self, theta, pre: PGData, post: PGData, old_mean, old_log_std) -> tuple[tf.Tensor, tf.Tensor]:
+        """TRPO surrogate ``−E[π_θ'(a|s)/π_old(a|s) · A]`` and mean KL(π_old ‖ π_θ'), averaged over tasks."""
+        mean, log_std = self._post_dist(self._adapted(theta, pre), post.obs)
+        ratio = tf.exp(log_prob(mean, log_std, post.actions) - log_prob(old_mean, old_log_std, post.actions))
+        steps = tf.maximum(tf.reduce_sum(post.mask, axis=[1, 2]), 1.0)
+        surrogate = -tf.reduce_sum(ratio * post.advantages * post.mask, axis=[1, 2]) / steps
+        kl = tf.reduce_sum(kl_divergence(old_mean, old_log_std, mean, log_std) * post.mask, axis=[1, 2]) / steps
+        return tf.reduce_mean(surrogate), tf.reduce_mean(kl)
+
+    def _loss_grad(self, theta, pre, post, old_mean, old_log_std):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            loss, kl = self._loss_kl(theta, pre, post, old_mean, old_log_std)
+        return loss, kl, tape.gradient(loss, theta)
+
+    def _fvp(self, theta, vector, pre, post, old_mean, old_log_std):
+        """``(∇²_θ KL + damping·I) v``: the Fisher-vector product through the inner update."""
+        kl_fn = lambda t: self._loss_kl(t[0], pre, post, old_mean, old_log_std)[1]
+        (hv,) = hessian_vector_product(kl_fn, [theta], [vector])
+        return hv + self.config.cg_damping * vector
+
+    # ---- one meta-iteration ----
+
+    def theta(self) -> tf.Tensor:
+        return flatten(policy_params(self.model))
+
+    def set_theta(self, theta: tf.Tensor) -> None:
+        for var, value in zip(self.model.trainable_variables, unflatten(theta, self._like)):
+            var.assign(value)
+
+    def sample_meta_batch(self, iteration: int):
+        """Tasks, pre-update data and post-update batch for one iteration (seeded by the iteration)."""
+        c = self.config
+        tasks = self.sampler.sample_tasks(c.meta_batch_size, _seed(c.seed, iteration, 0))
+        theta = self.theta()
+        if c.inner_steps > 0:
+            pre_batch = self.sampler.sample(policy_params(self.model), tasks, c.n_traj, _seed(c.seed, iteration, 1))
+            pre = to_pg_data(pre_batch, c.gamma, c.gae_lambda)
+            adapted = self._adapted_fn(theta, pre)
+            post_batch = self.sampler.sample(adapted, tasks, c.n_traj, _seed(c.seed, iteration, 2), per_task_params=True)
+        else:
+            post_batch = self.sampler.sample(policy_params(self.model), tasks, c.n_traj, _seed(c.seed, iteration, 2))
+            pre_batch = post_batch
+            pre = to_pg_data(post_batch, c.gamma, c.gae_lambda)
+        post = to_pg_data(post_batch, c.gamma, c.gae_lambda)
+        return tasks, pre_batch, pre, post_batch, post
+
+    def step(self) -> dict:
+        """One meta-iteration; updates the policy, the iteration counter, checkpoint and logs."""
+        c = self.config
+        it = int(self.iteration.numpy())
+        t0 = time.time()
+        tasks, pre_batch, pre, post_batch, post = self.sample_meta_batch(it)
+        t_sample = time.time() - t0
+        theta = self.theta()
+        old_mean, old_log_std = self._old_fn(theta, pre, post)
+        loss, _, grad = self._loss_grad_fn(theta, pre, post, old_mean, old_log_std)
+        direction = conjugate_gradient(
+            lambda v: self._fvp_fn(theta, v, pre, post, old_mean, old_log_std), grad, c.cg_iters
+        )
+        shs = 0.5 * float(tf.reduce_sum(direction * self._fvp_fn(theta, direction, pre, post, old_mean, old_log_std)))
+        full_step = direction / np.sqrt(max(shs, 1e-12) / c.max_kl)
+
+        def loss_and_kl(candidate):
+            l, k = self._loss_kl_fn(candidate, pre, post, old_mean, old_log_std)
+            return float(l), float(k)
+
+        new_theta, ls = backtracking_line_search(
+            loss_and_kl, theta, full_step, float(loss), c.max_kl, c.ls_steps, c.ls_ratio
+        )
+        self.set_theta(new_theta)
+        self.iteration.assign_add(1)
+        metrics = {
+            "iteration": it + 1,
+            "return_pre": pre_batch.mean_return(),
+            "return_post": post_batch.mean_return(),
+            "surrogate_before": float(loss),
+            "surrogate_after": ls.loss,
+            "kl": ls.kl,
+            "line_search_accepted": float(ls.accepted),
+            "line_search_fraction": ls.step_fraction,
+            "line_search_steps": float(ls.steps_tried),
+            "grad_norm": float(tf.norm(grad)),
+            "seconds_sampling": t_sample,
+            "seconds": time.time() - t0,
+        }
+        self._log(metrics)
+        return metrics
+
+    def _log(self, metrics: dict) -> None:
+        if self.writer is not None:
+            with self.writer.as_default(step=metrics["iteration"]):
+                for k, v in metrics.items():
+                    if k != "iteration":
+                        tf.summary.scalar(k, v)
+            self.writer.flush()
+        if self.logdir is not None:
+            with open(os.path.join(self.logdir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+    def save(self) -> str | None:
+        return self.manager.save(checkpoint_number=int(self.iteration.numpy())) if self.manager else None
+
+    def train(self, iterations: int, checkpoint_every: int = 1, on_iteration: Callable[[dict], None] | None = None):
+        """Run until ``iteration == iterations`` (so a resumed run continues, never repeats)."""
+        history = []
+        while int(self.iteration.numpy()) < iterations:
+            metrics = self.step()
+            history.append(metrics)
+            if metrics["iteration"] % checkpoint_every == 0 or metrics["iteration"] == iterations:
+                self.save()
+            if on_iteration is not None:
+                on_iteration(metrics)
+        return history
+
+    def close(self) -> None:
+        self.sampler.close()
