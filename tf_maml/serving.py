@@ -71,7 +71,7 @@ def resolve_version_dir(path: str) -> str:
     )
 
 
-def _write_version(base_dir: str, name: str, write: Callable[[str], None]) -> str:
+def write_version(base_dir: str, name: str, write: Callable[[str], None]) -> str:
     """Run ``write(tmp_dir)`` and rename ``tmp_dir`` to the next free version; on failure remove it."""
     if not name or os.sep in name or name in (".", ".."):
         raise ValueError(f"name must be a plain directory name, got {name!r}.")
@@ -274,7 +274,7 @@ def export_model(model: keras.Model, base_dir: str, name: str, metadata: dict[st
             module.serve = serve
             _save(module, tmp, {"serving_default": serve.get_concrete_function()})
 
-    return _write_version(base_dir, name, write)
+    return write_version(base_dir, name, write)
 
 
 def export_adapted(
@@ -356,7 +356,7 @@ def export_meta_learner(
             _save(module, tmp, {"serving_default": serve.get_concrete_function(),
                                 "adapt_and_predict": adapt.get_concrete_function()})
 
-    return _write_version(base_dir, name, write)
+    return write_version(base_dir, name, write)
 
 
 # ------------------------------------------------------------------------------------ loading

@@ -10,6 +10,7 @@ import tensorflow as tf
 from tf_maml.rl import export as rl_export
 from tf_maml.rl.policy import build_policy, distribution, policy_params
 from tf_maml.rl.sampler import Sampler
+from tf_maml.serving import next_version
 
 LOADER = """
 import json, sys
@@ -32,7 +33,7 @@ def test_export_adapted_policy_roundtrip_in_fresh_process(tmp_path):
     )
     assert path == os.path.join(base, "nav", "1")
     assert not np.allclose(adapted[0].numpy(), model.trainable_variables[0].numpy())  # it did adapt
-    with open(os.path.join(path, "assets", "metadata.json")) as f:
+    with open(os.path.join(path, "assets", "tf_maml.json")) as f:
         meta = json.load(f)
     assert meta["task"] == task and meta["adaptation"]["steps"] == 1 and meta["action_dim"] == 2
 
@@ -56,7 +57,7 @@ def test_versions_increment_and_failures_leave_nothing(tmp_path, monkeypatch):
     p2 = rl_export.export_policy(model, policy_params(model), base, "m", {"note": "b"})
     assert [os.path.basename(p1), os.path.basename(p2)] == ["1", "2"]
     os.makedirs(os.path.join(base, "m", "7"))  # someone else's version: we continue after it
-    assert rl_export.next_version(os.path.join(base, "m")) == 8
+    assert next_version(os.path.join(base, "m")) == 8
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

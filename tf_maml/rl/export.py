@@ -4,18 +4,16 @@ Versions are integers and never overwritten: the next free number is used, the m
 a hidden temp dir next to it and renamed into place, so a failure leaves no half-written version
 (TF Serving ignores non-integer directories). Signatures: ``serving_default``
 (``observations → actions``, the mean action) and ``sample`` (a Gaussian sample). A JSON metadata
-file (task, adaptation settings, dims) is stored as a SavedModel asset: ``assets/metadata.json``.
-Self-contained on purpose, so it can be folded into the general ``tf_maml/serving.py``.
+file (task, adaptation settings, dims) is stored as a SavedModel asset: ``assets/tf_maml.json``, as for
+every export. Versioning is :func:`tf_maml.serving.write_version`'s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
-import uuid
 from typing import Any, Sequence
 
 import keras
@@ -23,6 +21,7 @@ import tensorflow as tf
 
 from tf_maml.rl.envs.base import Task
 from tf_maml.rl.policy import distribution
+from tf_maml.serving import METADATA_ASSET, write_version
 
 
 class PolicyModule(tf.Module):
@@ -47,47 +46,33 @@ class PolicyModule(tf.Module):
         self.sample = tf.function(sampled_action, input_signature=[spec])
 
 
-def next_version(model_dir: str) -> int:
-    """1 + the largest integer version directory (1 when there is none)."""
-    if not os.path.isdir(model_dir):
-        return 1
-    versions = [int(d) for d in os.listdir(model_dir) if re.fullmatch(r"\d+", d)]
-    return max(versions, default=0) + 1
-
-
 def export_policy(
     model: keras.Model, params: Sequence[tf.Tensor], base_dir: str, name: str, metadata: dict[str, Any] | None = None
 ) -> str:
     """Save ``params`` (aligned with ``model.trainable_variables``) as the next version; returns its path."""
-    model_dir = os.path.join(base_dir, name)
-    os.makedirs(model_dir, exist_ok=True)
-    tmp = os.path.join(model_dir, f".tmp-{uuid.uuid4().hex}")
-    meta_dir = tempfile.mkdtemp(prefix="tf_maml_meta_")
-    try:
-        meta = {
-            "format": "tf_maml.rl.export/1",
-            "observation_dim": int(model.input_shape[-1]),
-            "action_dim": int(model.output_shape[-1]) // 2,
-            "signatures": {"serving_default": "mean action", "sample": "sampled action"},
-            **(metadata or {}),
-        }
-        meta_path = os.path.join(meta_dir, "metadata.json")
-        with open(meta_path, "w") as f:
-            json.dump(meta, f, indent=2)
-        module = PolicyModule(model, params, meta_path)
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve, "sample": module.sample})
-        for _ in range(100):  # another writer may take a number between our scan and rename
-            path = os.path.join(model_dir, str(next_version(model_dir)))
-            try:
-                os.rename(tmp, path)
-                return path
-            except OSError:
-                if not os.path.exists(path):
-                    raise
-        raise RuntimeError(f"could not find a free version under {model_dir}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(meta_dir, ignore_errors=True)
+    meta = {
+        "format": "tf_maml.rl.export/1",
+        "kind": "policy",
+        "observation_dim": int(model.input_shape[-1]),
+        "action_dim": int(model.output_shape[-1]) // 2,
+        "input_shape": [int(model.input_shape[-1])],
+        "output_shape": [int(model.output_shape[-1]) // 2],
+        "signatures": {"serving_default": "mean action", "sample": "sampled action"},
+        **(metadata or {}),
+    }
+
+    def write(tmp: str) -> None:
+        meta_dir = tempfile.mkdtemp(prefix="tf_maml_meta_")
+        try:
+            meta_path = os.path.join(meta_dir, METADATA_ASSET)
+            with open(meta_path, "w") as f:
+                json.dump(meta, f, indent=2)
+            module = PolicyModule(model, params, meta_path)
+            tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve, "sample": module.sample})
+        finally:
+            shutil.rmtree(meta_dir, ignore_errors=True)
+
+    return write_version(base_dir, name, write)
 
 
 def export_adapted_policy(
@@ -101,6 +86,7 @@ def export_adapted_policy(
     steps: int = 1,
     n_traj: int = 20,
     seed: int = 0,
+    metadata: dict[str, Any] | None = None,
 ) -> tuple[str, list[tf.Tensor]]:
     """Adapt the meta-policy to ``task`` (``steps`` policy-gradient steps on sampled episodes) and export it.
 
@@ -118,6 +104,7 @@ def export_adapted_policy(
         "env_id": sampler.env_id,
         "adaptation": {"steps": steps, "fast_lr": fast_lr, "n_traj": n_traj, "seed": seed},
         "returns_by_step": [float(r[0]) for r in returns],
+        **(metadata or {}),
     }
     return export_policy(model, params, base_dir, name, meta), params
 
@@ -148,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         task = learner.sampler.sample_tasks(1, args.task_seed)[0]
         path, _ = export_adapted_policy(learner.model, policy_params(learner.model), learner.sampler, task,
-                                        args.base, args.name, c.fast_lr, args.steps, args.n_traj, seed=args.task_seed)
+                                        args.base, args.name, c.fast_lr, args.steps, args.n_traj, seed=args.task_seed,
+                                        metadata={"meta_iteration": int(learner.iteration.numpy())})
     learner.close()
     print(path)
 
