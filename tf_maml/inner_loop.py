@@ -64,6 +64,111 @@ def gradient_step(
     return new_params, loss
 
 
+def recomputed_gradient_step(
+    params: Sequence[tf.Tensor],
+    loss_fn: Callable[[Sequence[tf.Tensor]], tf.Tensor],
+    learning_rates: Sequence[tf.Tensor | None],
+) -> list[tf.Tensor]:
+    """A second-order :func:`gradient_step` whose backward pass recomputes the step.
+
+    The outer backward pass keeps only the step's inputs (the parameters and rates, a checkpoint)
+    instead of the support activations and the inner gradient's intermediates; when it reaches the
+    step it runs it again under nested tapes and takes the exact vector-Jacobian product
+    ``v − α ⊙ H v`` (and ``−v ⊙ ∇L`` for learned rates), so gradients equal :func:`gradient_step`'s.
+    ``tf.recompute_grad`` cannot do this: it runs the forward pass with every tape stopped, the
+    inner tape included, so the inner gradient silently becomes zero. The saving needs graph mode
+    (``tf.function``; eagerly an outer tape keeps what the forward pass records); it holds for
+    one level of differentiation (the meta-gradient), not for gradients of it. As with any
+    ``tf.custom_gradient``, tensors that ``loss_fn`` closes over get no gradient through the step: pass
+    what must be differentiated in ``params``. Read variables outside and close over their values: a
+    variable read inside the step is read again by the recomputation, which a ``tf.map_fn`` (while
+    loop) gradient cannot capture.
+    """
+    n = len(params)
+    adapted = [i for i, lr in enumerate(learning_rates) if lr is not None]
+
+    def step(ps, rates):
+        lrs = [None] * n
+        for i, rate in zip(adapted, rates):
+            lrs[i] = rate
+        return gradient_step(ps, loss_fn, lrs, first_order=False)[0]
+
+    @tf.custom_gradient
+    def checkpointed(*inputs):
+        def grad_fn(*upstream, variables=None):
+            variables = list(variables or [])
+            # Recompute only once the upstream gradient exists, i.e. in the backward pass proper.
+            with tf.control_dependencies(upstream):
+                again = [tf.identity(t) for t in inputs]
+            with tf.GradientTape() as tape:
+                tape.watch(again)
+                out = step(again[:n], again[n:])
+            # Variables that the step reads itself get gradients; those it only reaches through closure
+            # tensors (values read outside) get none, like any closure, and are not touched again here.
+            read = {v.ref() for v in tape.watched_variables()}
+            used = [v for v in variables if v.ref() in read]
+            grads = tape.gradient(out, again + used, output_gradients=list(upstream),
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            by_ref = {v.ref(): g for v, g in zip(used, grads[len(again):])}
+            return grads[: len(again)], [by_ref.get(v.ref()) for v in variables]
+
+        return step(list(inputs[:n]), list(inputs[n:])), grad_fn
+
+    rates = [tf.convert_to_tensor(learning_rates[i]) for i in adapted]
+    return list(checkpointed(*[tf.convert_to_tensor(p) for p in params], *rates))
+
+
+def recompute_tasks(map_tasks: Callable, task_fn: Callable, elems: tuple) -> object:
+    """``map_tasks(elems)`` (all tasks at once) whose backward pass recomputes one task at a time.
+
+    ``task_fn(elems_t)`` computes one task's outputs (``map_tasks`` stacks them on a task axis) from
+    variables it reads itself. The forward pass keeps nothing for the backward pass but ``elems``; the
+    backward pass runs a sequential loop over tasks (``parallel_iterations=1``) that recomputes task t
+    under a tape, once its upstream gradient exists, and accumulates the exact vector-Jacobian product
+    into the variables' gradients. Only one task's recomputation is alive at a time, so peak memory no
+    longer scales with the number of tasks; with ``recomputed_gradient_step`` inside ``task_fn`` a task
+    keeps one parameter copy per inner step instead of the steps' activations. ``elems`` (the data)
+    get no gradient. Variables must be read inside ``task_fn``, not passed in as tensors, and
+    ``task_fn`` must be deterministic (Keras' seeded layers are: ``stateless_call`` passes their seed
+    state), or the recomputation would differ from the forward pass.
+    """
+    elems = tuple(tf.convert_to_tensor(e) for e in elems)
+
+    @tf.custom_gradient
+    def all_tasks(*data):
+        outputs = map_tasks(data)
+
+        def grad_fn(*upstream, variables=None):
+            variables = list(variables or [])
+            floats = [v for v in variables if v.dtype.is_floating]  # not e.g. a dropout seed's state
+            flat_out = tf.nest.flatten(outputs)
+            pairs = [(i, u) for i, (o, u) in enumerate(zip(flat_out, upstream))
+                     if u is not None and o.dtype.is_floating]
+
+            @tf.function(autograph=False)
+            def task_vjp(elems_t, upstream_t):
+                with tf.GradientTape() as tape:
+                    out = tf.nest.flatten(task_fn(elems_t))
+                return tape.gradient([out[i] for i, _ in pairs], floats, output_gradients=list(upstream_t),
+                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+            def body(t, total):
+                upstream_t = [tf.gather(u, t) for _, u in pairs]
+                with tf.control_dependencies(upstream_t):  # recompute only in the backward pass proper
+                    elems_t = tuple(tf.identity(tf.gather(e, t)) for e in data)
+                return t + 1, [a + g for a, g in zip(total, task_vjp(elems_t, upstream_t))]
+
+            n = tf.shape(data[0])[0]
+            zeros = [tf.zeros(v.shape, v.dtype) for v in floats]
+            _, total = tf.while_loop(lambda t, _: t < n, body, (tf.constant(0), zeros), parallel_iterations=1)
+            by_ref = {v.ref(): g for v, g in zip(floats, total)}
+            return [None] * len(data), [by_ref.get(v.ref()) for v in variables]
+
+        return outputs, grad_fn
+
+    return all_tasks(*elems)
+
+
 def adapt(
     params: Sequence[tf.Tensor],
     loss_fn: Callable[[Sequence[tf.Tensor]], tf.Tensor],
@@ -71,11 +176,13 @@ def adapt(
     steps: int,
     first_order: bool,
     on_step: Callable[[int, list[tf.Tensor]], None] | None = None,
+    recompute: bool = False,
 ) -> list[tf.Tensor]:
     """``steps`` gradient steps (unrolled at trace time, so the graph is static and differentiable).
 
     ``on_step(k, params)`` is called with the parameters after k steps for k = 0..steps, which lets
-    evaluation read predictions after every step from one adaptation.
+    evaluation read predictions after every step from one adaptation. ``recompute`` (second order
+    only; first order keeps no step intermediates anyway) uses :func:`recomputed_gradient_step`.
     """
     if steps < 0:
         raise ValueError(f"inner steps must be >= 0, got {steps}.")
@@ -83,7 +190,10 @@ def adapt(
     if on_step is not None:
         on_step(0, params)
     for k in range(steps):
-        params, _ = gradient_step(params, loss_fn, learning_rates, first_order)
+        if recompute and not first_order:
+            params = recomputed_gradient_step(params, loss_fn, learning_rates)
+        else:
+            params, _ = gradient_step(params, loss_fn, learning_rates, first_order)
         if on_step is not None:
             on_step(k + 1, params)
     return params
