@@ -5,12 +5,13 @@ Two logical CPU devices stand in for two accelerators. They must be configured b
 initialises its devices, which the test process has long done, so the check runs in a fresh subprocess.
 """
 
+import pathlib
 import json
 import os
 import subprocess
 import sys
 
-from conftest import REPO
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, os
