@@ -40,17 +40,21 @@ class _DirectionTask(TaskMixin):
         return self._task["direction"] * x_velocity
 
 
-class _CheetahTaskEnv(HalfCheetahEnv):
-    """HalfCheetah-v5 with reward ``forward_term(v) − 0.05‖a‖²`` (the rllab/MAML control weight)."""
-
-    def __init__(self, task: Task | None = None, ctrl_cost_weight: float = 0.05, **kwargs) -> None:
-        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
-        self.task = task if task is not None else self._sample_task(np.random.default_rng(0))
+class _TaskReset:
+    """``reset(options={"task": ...})`` sets the task before gymnasium's reset; ``info`` reports it."""
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         self._apply_reset_options(options)
         obs, info = super().reset(seed=seed, options=options)
         return obs, {**info, "task": self.task}
+
+
+class _CheetahTaskEnv(_TaskReset, HalfCheetahEnv):
+    """HalfCheetah-v5 with reward ``forward_term(v) − 0.05‖a‖²`` (the rllab/MAML control weight)."""
+
+    def __init__(self, task: Task | None = None, ctrl_cost_weight: float = 0.05, **kwargs) -> None:
+        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        self.task = task if task is not None else self._sample_task(np.random.default_rng(0))
 
     def _get_rew(self, x_velocity: float, action):
         forward = self._forward_term(x_velocity)
@@ -58,17 +62,12 @@ class _CheetahTaskEnv(HalfCheetahEnv):
         return forward - ctrl_cost, {"reward_forward": forward, "reward_ctrl": -ctrl_cost}
 
 
-class _AntTaskEnv(AntEnv):
+class _AntTaskEnv(_TaskReset, AntEnv):
     """Ant-v5 with reward ``forward_term(v) + survive − control − contact`` (gymnasium's weights)."""
 
     def __init__(self, task: Task | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.task = task if task is not None else self._sample_task(np.random.default_rng(0))
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        self._apply_reset_options(options)
-        obs, info = super().reset(seed=seed, options=options)
-        return obs, {**info, "task": self.task}
 
     def _get_rew(self, x_velocity: float, action):
         forward = self._forward_term(x_velocity)
