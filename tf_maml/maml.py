@@ -260,7 +260,7 @@ class MAML(keras.Model):
         replica = tf.distribute.get_replica_context()
         synced = replica is not None and replica.num_replicas_in_sync > 1
         for var, values in zip(self.model.non_trainable_variables, new_nt):
-            if var.dtype.is_floating if hasattr(var.dtype, "is_floating") else "float" in str(var.dtype):
+            if "float" in str(var.dtype):  # Keras variables report dtypes as strings
                 mean = tf.reduce_mean(values, axis=0)
                 var.assign(replica.all_reduce("MEAN", mean) if synced else mean)
             else:

@@ -146,7 +146,10 @@ def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | N
 
     maml, config = load_for_evaluation(workdir=workdir)
     budget_path = os.path.join(workdir, "budget.json")
-    budget = json.load(open(budget_path)) if os.path.exists(budget_path) else {}
+    budget = {}
+    if os.path.exists(budget_path):
+        with open(budget_path) as f:
+            budget = json.load(f)
     budget["meta_steps"] = int(maml.optimizer.iterations)
     metadata = {
         "task_family": f"Omniglot {config.ways}-way {config.shots}-shot classification ({config.split} split)",
