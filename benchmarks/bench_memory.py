@@ -4,7 +4,7 @@
 Usage: python benchmarks/bench_memory.py [--steps 1 5 10 20] [--meta-batch 32] [--quick] [--json PATH]
 
 Omniglot 5-way 1-shot with the paper's conv net (``omniglot_convnet``), 1 query per class, second order,
-``task_execution="loop"``, Grappler off (``tf_maml.performance.skip_graph_optimization``); random images
+``task_execution="loop"``, Grappler off (``tf_maml.performance.set_graph_optimization("off")``); random images
 (memory does not depend on pixel values). Each configuration runs in a fresh subprocess, which traces the
 meta-step, then runs it ``--runs`` times and reports:
 
@@ -75,9 +75,9 @@ def child(args) -> None:
 
     from tf_maml import MAML
     from tf_maml.models.convnets import omniglot_convnet
-    from tf_maml.performance import skip_graph_optimization
+    from tf_maml.performance import set_graph_optimization
 
-    skip_graph_optimization()
+    set_graph_optimization("off")
     ways, shots, queries, t = 5, 1, 1, args.meta_batch
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (t, ways * (shots + queries), 28, 28, 1)).astype(np.float32)

@@ -9,7 +9,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_maml.performance import skip_graph_optimization  # noqa: E402
+from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
 
 
@@ -25,7 +25,8 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here')
     args = parser.parse_args()
 
-    skip_graph_optimization()
+    set_graph_optimization("fusion")
+    run_tasks_in_parallel()
     maml, config = omniglot.load_for_evaluation(workdir=args.workdir, saved_model=args.saved_model)
     data = omniglot.load_omniglot_classes(config.split, data_dir=args.data_dir, validation=True)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=args.seed,

@@ -9,7 +9,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_maml.performance import skip_graph_optimization  # noqa: E402
+from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
 
 
@@ -21,7 +21,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=600)
     parser.add_argument("--data-dir")
     args = parser.parse_args()
-    skip_graph_optimization()
+    set_graph_optimization("fusion")
+    run_tasks_in_parallel()
     maml, config = omniglot.load_for_evaluation(workdir=args.workdir)
     data = omniglot.load_omniglot_classes(config.split, data_dir=args.data_dir, validation=True)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=0)

@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_maml.performance import skip_graph_optimization  # noqa: E402
+from tf_maml.performance import GRAPH_OPTIMIZATION_LEVELS, run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
 
 
@@ -24,12 +24,16 @@ def main() -> None:
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--data-dir", help="TFDS data_dir holding omniglot/3.0.0 (default: $TF_MAML_DATA_DIR or TFDS's)")
     parser.add_argument("--eval-tasks", type=int, default=600)
-    parser.add_argument("--grappler", action="store_true", help="keep TF graph optimisation (slow start, no faster)")
+    parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATION_LEVELS, default="full",
+                        help="Grappler: full (slower start, fastest steps), fusion or off")
+    parser.add_argument("--op-threads", action="store_true",
+                        help="TensorFlow's default threading (split each op across cores) instead of one task per core")
     parser.add_argument("--verbose", type=int, default=1, help="Keras verbosity: 1 progress bar, 2 a line per epoch")
     args = parser.parse_args()
 
-    if not args.grappler:
-        skip_graph_optimization()
+    set_graph_optimization(args.graph_optimization)
+    if not args.op_threads:
+        run_tasks_in_parallel()
     overrides = {k: v for k, v in (("meta_steps", args.meta_steps), ("steps_per_epoch", args.steps_per_epoch),
                                    ("split", args.split)) if v is not None}
     if args.first_order:

@@ -6,7 +6,7 @@ import numpy as np
 from tf_maml import MAML
 from tf_maml.data.sinusoid import sinusoid_episodes
 from tf_maml.models.mlp import sinusoid_mlp
-from tf_maml.training import fit_resumable
+from tf_maml.training import fit_resumable, read_budget
 
 
 def fresh():
@@ -26,6 +26,8 @@ def test_resume_is_exact(tmp_path):
 
     first = fresh()
     fit_resumable(first, make_dataset, 20, 10, str(tmp_path / "b"), verbose=0)  # "interrupted" at step 20
+    budget = read_budget(str(tmp_path / "b" / "budget.json"))
+    assert budget["meta_steps"] == 20 and budget["sessions"] == 1 and budget["wall_seconds"] > 0
     resumed = fresh()
     history = fit_resumable(resumed, make_dataset, 40, 10, str(tmp_path / "b"), verbose=0)
     assert history.epoch == [2, 3]
@@ -33,4 +35,7 @@ def test_resume_is_exact(tmp_path):
     for a, b in zip(resumed.weights, straight.weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     assert (tmp_path / "b" / "logs").exists()
+    resumed_budget = read_budget(str(tmp_path / "b" / "budget.json"))  # summed over both sessions
+    assert resumed_budget["meta_steps"] == 40 and resumed_budget["sessions"] == 2
+    assert resumed_budget["wall_seconds"] > budget["wall_seconds"]
     assert fit_resumable(resumed, make_dataset, 40, 10, str(tmp_path / "b"), verbose=0) is None

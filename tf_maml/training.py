@@ -6,7 +6,9 @@ exactly the batches an uninterrupted run would have seen: resume is exact, not a
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from typing import Callable, Sequence
 
 import keras
@@ -22,6 +24,36 @@ class _SaveCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.manager.save(checkpoint_number=int(self.model.optimizer.iterations))
+
+
+class _RecordBudget(keras.callbacks.Callback):
+    """Keep ``budget.json`` (meta-steps reached, wall seconds and sessions, summed over resumed runs)
+    current at every checkpoint, so a run stopped by hand still reports what it actually spent."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def on_train_begin(self, logs=None):
+        self.before = read_budget(self.path)
+        self.before["sessions"] += 1
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        spent = round(self.before["wall_seconds"] + time.perf_counter() - self.started, 1)
+        budget = {**self.before, "meta_steps": int(self.model.optimizer.iterations), "wall_seconds": spent}
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(budget, f, indent=2)
+        os.replace(self.path + ".tmp", self.path)
+
+
+def read_budget(path: str) -> dict:
+    """The training budget recorded at ``path`` (zeros when there is none yet)."""
+    budget = {"meta_steps": 0, "wall_seconds": 0.0, "sessions": 0}
+    if os.path.exists(path):
+        with open(path) as f:
+            budget.update(json.load(f))
+    return budget
 
 
 def checkpoint_manager(maml: MAML, directory: str, max_to_keep: int = 3) -> tf.train.CheckpointManager:
@@ -54,7 +86,8 @@ def fit_resumable(
 ) -> keras.callbacks.History | None:
     """Meta-train ``maml`` to ``total_steps`` meta-steps, resuming from ``workdir/checkpoints`` if present.
 
-    TensorBoard logs go to ``workdir/logs``. Returns the Keras history, or None when already done.
+    TensorBoard logs go to ``workdir/logs``; ``workdir/budget.json`` records the meta-steps and wall time
+    spent so far. Returns the Keras history, or None when already done.
     """
     if total_steps % steps_per_epoch:
         raise ValueError(f"total_steps ({total_steps}) must be a multiple of steps_per_epoch ({steps_per_epoch}).")
@@ -65,7 +98,7 @@ def fit_resumable(
         raise ValueError(f"Checkpoint at step {start} is not at an epoch boundary of {steps_per_epoch} steps.")
     if start >= total_steps:
         return None
-    all_callbacks = [_SaveCheckpoint(manager), *callbacks]
+    all_callbacks = [_SaveCheckpoint(manager), _RecordBudget(os.path.join(workdir, "budget.json")), *callbacks]
     if tensorboard:
         all_callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
     return maml.fit(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 
 import keras
 
@@ -14,7 +13,7 @@ from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omnigl
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
 from tf_maml.maml import MAML
 from tf_maml.models.convnets import omniglot_convnet
-from tf_maml.training import fit_resumable, restore_latest
+from tf_maml.training import fit_resumable, read_budget, restore_latest
 
 
 @dataclasses.dataclass
@@ -78,7 +77,6 @@ def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = N
         json.dump(dataclasses.asdict(config), f, indent=2)
     train_data = lambda start: episodes(config, data.meta_train, config.seed, start)  # noqa: E731
     val_batch = config.validation_tasks // config.meta_batch or 1
-    started = time.perf_counter()
     fit_resumable(
         maml, train_data, config.meta_steps, config.steps_per_epoch, workdir,
         callbacks=[EpisodeImages(os.path.join(workdir, "logs"), next(iter(train_data(0))))],
@@ -86,7 +84,6 @@ def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = N
         validation_steps=val_batch, verbose=verbose,
     )
     maml.save(os.path.join(workdir, "maml.keras"))
-    _append_budget(workdir, int(maml.optimizer.iterations), time.perf_counter() - started)
     return maml
 
 
@@ -100,19 +97,6 @@ def evaluate(maml: MAML, config: OmniglotConfig, data: OmniglotClasses, tasks: i
     final = summary[max(steps)]
     return {"accuracy": final[0], "ci95": final[1], "tasks": tasks, "steps": max(steps),
             "by_steps": {str(s): {"accuracy": m, "ci95": c} for s, (m, c) in summary.items()}}
-
-
-def _append_budget(workdir: str, meta_steps: int, seconds: float) -> None:
-    """Record the training budget actually spent (summed over resumed sessions)."""
-    path = os.path.join(workdir, "budget.json")
-    budget = {"meta_steps": 0, "wall_seconds": 0.0, "sessions": 0}
-    if os.path.exists(path):
-        with open(path) as f:
-            budget = json.load(f)
-    budget.update(meta_steps=meta_steps, wall_seconds=round(budget["wall_seconds"] + seconds, 1),
-                  sessions=budget["sessions"] + 1)
-    with open(path, "w") as f:
-        json.dump(budget, f, indent=2)
 
 
 def config_from_workdir(workdir: str) -> OmniglotConfig:
@@ -145,11 +129,7 @@ def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | N
     from tf_maml.serving import export_meta_learner
 
     maml, config = load_for_evaluation(workdir=workdir)
-    budget_path = os.path.join(workdir, "budget.json")
-    budget = {}
-    if os.path.exists(budget_path):
-        with open(budget_path) as f:
-            budget = json.load(f)
+    budget = read_budget(os.path.join(workdir, "budget.json"))
     budget["meta_steps"] = int(maml.optimizer.iterations)
     metadata = {
         "task_family": f"Omniglot {config.ways}-way {config.shots}-shot classification ({config.split} split)",
