@@ -23,9 +23,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--logdir", required=True, help="MAML-TRPO run directory (config.json + checkpoints)")
     p.add_argument("--pretrained-logdir", help="run trained with --inner-steps 0")
     p.add_argument("--tasks", type=int, default=40)
-    p.add_argument("--n-traj", type=int, default=20)
+    p.add_argument("--n-traj", type=int, default=40, help="episodes per task and adaptation step")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--fast-lr", type=float, help="default: the run's fast_lr")
+    p.add_argument("--fast-lr", type=float, help="first adaptation step's rate (default: the run's fast_lr)")
+    p.add_argument("--later-lr", type=float,
+                   help="rate of steps 2.. (default: half the first, as in the paper's evaluation code)")
     p.add_argument("--seed", type=int, default=1234, help="held-out task seed (training uses derived seeds)")
     p.add_argument("--json")
     p.add_argument("--plot")
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     learner = MAMLTRPO.from_logdir(args.logdir)
     cfg = learner.config
     fast_lr = args.fast_lr if args.fast_lr is not None else cfg.fast_lr
+    later_lr = args.later_lr if args.later_lr is not None else fast_lr / 2
     sampler = learner.sampler
     tasks = sampler.sample_tasks(args.tasks, args.seed)
 
@@ -54,10 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
         policies["random"] = policy_params(rand)
 
     results: dict = {"env_id": cfg.env_id, "tasks": args.tasks, "n_traj": args.n_traj, "fast_lr": fast_lr,
-                     "seed": args.seed, "iteration": int(learner.iteration.numpy())}
+                     "later_lr": later_lr, "seed": args.seed, "iteration": int(learner.iteration.numpy())}
     for name, params in policies.items():
         per_task = adaptation_returns(learner.model, params, sampler, tasks, args.n_traj, fast_lr, args.steps,
-                                      seed=args.seed, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda)
+                                      seed=args.seed, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, later_lr=later_lr)
         mean, ci = mean_ci95(per_task)
         results[name] = {"returns": [float(x) for x in mean], "ci95": [float(x) for x in ci]}
         print(f"{name:>10}: " + "  ".join(f"{m:8.2f} ± {c:5.2f}" for m, c in zip(mean, ci)), flush=True)

@@ -7,7 +7,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import tf_maml.rl
-from tf_maml.rl.envs import ENV_IDS, register_envs
+from tf_maml.rl.envs import ENV_IDS, make_policy_env, register_envs
 
 MUJOCO = [i for i in ENV_IDS if "Navigation" not in i]
 
@@ -65,6 +65,28 @@ def test_navigation_reward_by_hand():
         assert not trunc
     _, r, term, trunc, _ = env.step(np.zeros(2, np.float32))
     assert trunc and not term  # horizon 100
+
+
+def test_navigation_ends_at_the_goal():
+    env = gym.make("tf_maml/Navigation2D-v0")
+    env.reset(options={"task": {"goal": [0.15, -0.05]}})
+    _, _, term, _, _ = env.step(np.array([0.1, -0.05], np.float32))
+    assert not term  # 0.05 away on x
+    _, r, term, trunc, _ = env.step(np.array([0.045, 0.005], np.float32))
+    assert term and not trunc and r == pytest.approx(-np.hypot(0.005, 0.005))  # within 0.01 on both axes
+
+
+def test_policy_env_rescales_unit_actions_to_the_env_bounds():
+    policy_env = make_policy_env("tf_maml/Navigation2D-v0")
+    policy_env.reset(options={"task": {"goal": [0.3, 0.3]}})
+    obs, *_ = policy_env.step(np.array([0.5, -3.0], np.float32))  # 0.5 -> 0.05; -3 clipped to -1 -> -0.1
+    np.testing.assert_allclose(obs, [0.05, -0.1], atol=1e-7)
+    cheetah = make_policy_env("tf_maml/HalfCheetahVel-v0")  # already [-1, 1]: only clipped
+    raw = gym.make("tf_maml/HalfCheetahVel-v0")
+    for env in (cheetah, raw):
+        env.reset(seed=0)
+    a = np.array([0.3, -0.2, 0.9, 2.0, -0.5, 0.1], np.float32)
+    np.testing.assert_allclose(cheetah.step(a)[0], raw.step(np.clip(a, -1, 1))[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("env_id", ["tf_maml/HalfCheetahVel-v0", "tf_maml/HalfCheetahDir-v0"])

@@ -54,12 +54,16 @@ def test_sampler_shapes_rewards_and_seeds(num_envs):
     batch = sampler.sample(policy_params(model), tasks, n_traj=6, seed=11)
     assert batch.obs.shape == (3, 6, 100, 2) and batch.actions.shape == (3, 6, 100, 2)
     assert batch.rewards.shape == batch.mask.shape == (3, 6, 100)
-    assert batch.mask.all()
-    # rewards are −distance after the clipped move, for each task's own goal
+    # an episode is a prefix of steps: it ends at the goal or after 100 steps
+    assert batch.mask[..., 0].all() and (np.diff(batch.mask, axis=-1) <= 0).all() and batch.mask.mean() > 0.5
+    # rewards are −distance after the move, for each task's own goal; the policy's [−1, 1] is a ±0.1 move
     goals = np.array([t["goal"] for t in tasks])[:, None, None, :]
-    pos = batch.obs + np.clip(batch.actions, -0.1, 0.1)
-    np.testing.assert_allclose(batch.rewards, -np.linalg.norm(pos - goals, axis=-1), atol=1e-5)
-    np.testing.assert_allclose(batch.obs[:, :, 1:], pos[:, :, :-1], atol=1e-5)
+    pos = batch.obs + np.clip(0.1 * batch.actions, -0.1, 0.1)
+    valid = batch.mask > 0
+    np.testing.assert_allclose(batch.rewards[valid], -np.linalg.norm(pos - goals, axis=-1)[valid], atol=1e-5)
+    assert (batch.rewards[~valid] == 0).all()
+    moved = valid[:, :, 1:]
+    np.testing.assert_allclose(batch.obs[:, :, 1:][moved], pos[:, :, :-1][moved], atol=1e-5)
     again = sampler.sample(policy_params(model), tasks, n_traj=6, seed=11)
     np.testing.assert_array_equal(batch.actions, again.actions)
     other = sampler.sample(policy_params(model), tasks, n_traj=6, seed=12)

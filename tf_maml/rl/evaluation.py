@@ -1,7 +1,9 @@
 """The paper's adaptation protocol (Figure 5): return after 0, 1, 2, … policy-gradient steps on new tasks.
 
 Step k samples ``n_traj`` episodes per task with the current per-task policy, records their mean
-return, then takes one vanilla policy-gradient step on them (the meta-training inner update).
+return, then takes one vanilla policy-gradient step on them (the meta-training inner update). The
+first step uses the meta-training fast learning rate; later steps may use another (``later_lr``): the
+paper's 2D-navigation evaluation (cbfinn/maml_rl, ``test_maml_point.py``) halves it after the first.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ class Adapter:
         self.model = model
         self.fast_lr = fast_lr
         self._step = tf.function(
-            lambda params, data: inner_update(model, params, data, fast_lr, 1, True, vectorize),
+            lambda params, data, lr: inner_update(model, params, data, lr, 1, True, vectorize),
             reduce_retracing=True,
         )
 
-    def __call__(self, stacked_params: Sequence[tf.Tensor], data) -> list[tf.Tensor]:
-        return self._step(list(stacked_params), data)
+    def __call__(self, stacked_params: Sequence[tf.Tensor], data, lr: float | None = None) -> list[tf.Tensor]:
+        return self._step(list(stacked_params), data, tf.constant(self.fast_lr if lr is None else lr, tf.float32))
 
 
 def adaptation_returns(
@@ -44,8 +46,12 @@ def adaptation_returns(
     gamma: float = 0.99,
     gae_lambda: float = 1.0,
     return_params: bool = False,
+    later_lr: float | None = None,
 ):
-    """Per-task mean returns ``[steps + 1, T]`` after 0..steps adaptation steps (and the final params)."""
+    """Per-task mean returns ``[steps + 1, T]`` after 0..steps adaptation steps (and the final params).
+
+    Step 1 uses ``fast_lr``, steps 2.. use ``later_lr`` (default: ``fast_lr``).
+    """
     adapter = Adapter(model, fast_lr)
     stacked = tile_params(params, len(tasks))
     returns = []
@@ -53,7 +59,8 @@ def adaptation_returns(
         batch = sampler.sample(stacked, tasks, n_traj, seed=seed * 1000 + k, per_task_params=True)
         returns.append(batch.task_returns())
         if k < steps:
-            stacked = adapter(stacked, to_pg_data(batch, gamma, gae_lambda))
+            lr = fast_lr if k == 0 or later_lr is None else later_lr
+            stacked = adapter(stacked, to_pg_data(batch, gamma, gae_lambda), lr)
     returns = np.stack(returns)
     return (returns, stacked) if return_params else returns
 

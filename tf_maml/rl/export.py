@@ -3,7 +3,9 @@
 Versions are integers and never overwritten: the next free number is used, the model is written to
 a hidden temp dir next to it and renamed into place, so a failure leaves no half-written version
 (TF Serving ignores non-integer directories). Signatures: ``serving_default``
-(``observations → actions``, the mean action) and ``sample`` (a Gaussian sample). A JSON metadata
+(``observations → actions``, the mean action) and ``sample`` (a Gaussian sample), in the env's own
+units: the policy acts in [−1, 1] (:func:`tf_maml.rl.envs.make_policy_env`) and the exported function
+rescales and clips to the action bounds, as the training env did. A JSON metadata
 file (task, adaptation settings, dims) is stored as a SavedModel asset: ``assets/tf_maml.json``, as for
 every export. Versioning is :func:`tf_maml.serving.write_version`'s.
 """
@@ -27,29 +29,44 @@ from tf_maml.serving import METADATA_ASSET, write_version
 class PolicyModule(tf.Module):
     """Frozen policy weights plus the serving functions; the Keras model is only traced, not saved."""
 
-    def __init__(self, model: keras.Model, params: Sequence[tf.Tensor], metadata_path: str) -> None:
+    def __init__(self, model: keras.Model, params: Sequence[tf.Tensor], metadata_path: str,
+                 action_bounds: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         super().__init__(name="policy")
         self.params = [tf.Variable(p, trainable=False, name=f"param_{i}") for i, p in enumerate(params)]
         self.metadata = tf.saved_model.Asset(metadata_path)
         obs_dim = int(model.input_shape[-1])
         spec = tf.TensorSpec([None, obs_dim], tf.float32, name="observations")
 
+        def to_env(actions):
+            if action_bounds is None:
+                return actions
+            low, high = (tf.constant(b, actions.dtype) for b in action_bounds)
+            return tf.clip_by_value(low + (actions + 1.0) * 0.5 * (high - low), low, high)
+
         def mean_action(observations):
             mean, _ = distribution(model, [v.read_value() for v in self.params], observations)
-            return {"actions": mean}
+            return {"actions": to_env(mean)}
 
         def sampled_action(observations):
             mean, log_std = distribution(model, [v.read_value() for v in self.params], observations)
-            return {"actions": mean + tf.exp(log_std) * tf.random.normal(tf.shape(mean), dtype=mean.dtype)}
+            return {"actions": to_env(mean + tf.exp(log_std) * tf.random.normal(tf.shape(mean), dtype=mean.dtype))}
 
         self.serve = tf.function(mean_action, input_signature=[spec])
         self.sample = tf.function(sampled_action, input_signature=[spec])
 
 
 def export_policy(
-    model: keras.Model, params: Sequence[tf.Tensor], base_dir: str, name: str, metadata: dict[str, Any] | None = None
+    model: keras.Model,
+    params: Sequence[tf.Tensor],
+    base_dir: str,
+    name: str,
+    metadata: dict[str, Any] | None = None,
+    action_bounds: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> str:
-    """Save ``params`` (aligned with ``model.trainable_variables``) as the next version; returns its path."""
+    """Save ``params`` (aligned with ``model.trainable_variables``) as the next version; returns its path.
+
+    ``action_bounds`` ``(low, high)``: the env's; served actions are mapped from [−1, 1] into them.
+    """
     meta = {
         "format": "tf_maml.rl.export/1",
         "kind": "policy",
@@ -58,6 +75,7 @@ def export_policy(
         "input_shape": [int(model.input_shape[-1])],
         "output_shape": [int(model.output_shape[-1]) // 2],
         "signatures": {"serving_default": "mean action", "sample": "sampled action"},
+        "action_bounds": None if action_bounds is None else [[float(x) for x in b] for b in action_bounds],
         **(metadata or {}),
     }
 
@@ -67,7 +85,7 @@ def export_policy(
             meta_path = os.path.join(meta_dir, METADATA_ASSET)
             with open(meta_path, "w") as f:
                 json.dump(meta, f, indent=2)
-            module = PolicyModule(model, params, meta_path)
+            module = PolicyModule(model, params, meta_path, action_bounds)
             tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve, "sample": module.sample})
         finally:
             shutil.rmtree(meta_dir, ignore_errors=True)
@@ -106,7 +124,8 @@ def export_adapted_policy(
         "returns_by_step": [float(r[0]) for r in returns],
         **(metadata or {}),
     }
-    return export_policy(model, params, base_dir, name, meta), params
+    bounds = (sampler.action_low, sampler.action_high)
+    return export_policy(model, params, base_dir, name, meta, action_bounds=bounds), params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps == 0:
         meta = {"env_id": c.env_id, "kind": "meta-policy", "iteration": int(learner.iteration.numpy()),
                 "fast_lr": c.fast_lr, "inner_steps": c.inner_steps}
-        path = export_policy(learner.model, policy_params(learner.model), args.base, args.name, meta)
+        path = export_policy(learner.model, policy_params(learner.model), args.base, args.name, meta,
+                             action_bounds=(learner.sampler.action_low, learner.sampler.action_high))
     else:
         task = learner.sampler.sample_tasks(1, args.task_seed)[0]
         path, _ = export_adapted_policy(learner.model, policy_params(learner.model), learner.sampler, task,

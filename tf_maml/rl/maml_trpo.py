@@ -63,7 +63,7 @@ def inner_update(
     model: keras.Model,
     stacked_params: Sequence[tf.Tensor],
     data: PGData,
-    fast_lr: float,
+    fast_lr: float | tf.Tensor,
     steps: int,
     first_order: bool,
     vectorize: bool,
@@ -73,7 +73,7 @@ def inner_update(
     def loss_fn(params):
         return tf.reduce_sum(per_task(lambda p, *d: pg_loss(model, p, *d), params, data, vectorize))
 
-    rates = [tf.constant(fast_lr, p.dtype) for p in stacked_params]
+    rates = [tf.cast(fast_lr, p.dtype) for p in stacked_params]
     return adapt(stacked_params, loss_fn, rates, steps, first_order)
 
 

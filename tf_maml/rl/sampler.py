@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_maml.rl.envs import make_env
+from tf_maml.rl.envs import make_env, make_policy_env
 from tf_maml.rl.envs.base import Task
 from tf_maml.rl.policy import distribution, sample_actions
 
@@ -64,6 +64,8 @@ class Sampler:
 
     ``asynchronous=None`` picks ``SyncVectorEnv`` for cheap envs (Navigation2D) and
     ``AsyncVectorEnv`` (one worker process per env) for MuJoCo. Results depend only on ``seed``.
+    The policy acts in [−1, 1] per axis (:func:`tf_maml.rl.envs.make_policy_env`); stored actions are
+    the policy's own samples, so log-probabilities are of what the policy drew.
     """
 
     def __init__(
@@ -84,6 +86,8 @@ class Sampler:
         self.horizon = int(probe.spec.max_episode_steps)
         self.obs_dim = int(np.prod(probe.observation_space.shape))
         self.act_dim = int(np.prod(probe.action_space.shape))
+        self.action_low = np.asarray(probe.action_space.low, np.float32)  # the env's own units
+        self.action_high = np.asarray(probe.action_space.high, np.float32)
         self.task_sampler = probe.unwrapped
         self._act = tf.function(self._act_impl, reduce_retracing=True)
 
@@ -93,7 +97,7 @@ class Sampler:
     def _vector_env(self, size: int) -> gym.vector.VectorEnv:
         if self._envs is None or self._envs.num_envs != size:
             self.close()
-            fns = [functools.partial(make_env, self.env_id) for _ in range(size)]
+            fns = [functools.partial(make_policy_env, self.env_id) for _ in range(size)]
             cls = gym.vector.AsyncVectorEnv if self.asynchronous else gym.vector.SyncVectorEnv
             self._envs = cls(fns)
         return self._envs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 
 ENV_IDS: dict[str, tuple[str, int]] = {
     "tf_maml/Navigation2D-v0": ("tf_maml.rl.envs.navigation:Navigation2DEnv", 100),
@@ -26,4 +27,18 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
     return gym.make(env_id, **kwargs)
 
 
-__all__ = ["ENV_IDS", "register_envs", "make_env"]
+def make_policy_env(env_id: str, **kwargs) -> gym.Env:
+    """The env as the policy sees it: actions in [−1, 1] per axis, rescaled to the env's bounds and clipped.
+
+    rllab's ``normalize`` wrapper, which the paper's experiments used: a Gaussian policy starting with
+    std 1 then explores at the scale of the action range (for Navigation2D, ±0.1) instead of being
+    clipped most of the time, and the fast learning rates of the paper apply. MuJoCo tasks already
+    act in [−1, 1], so for them this only clips.
+    """
+    env = make_env(env_id, **kwargs)
+    shape = env.action_space.shape
+    unit = (np.full(shape, -1.0, np.float32), np.full(shape, 1.0, np.float32))
+    return gym.wrappers.ClipAction(gym.wrappers.RescaleAction(env, *unit))
+
+
+__all__ = ["ENV_IDS", "register_envs", "make_env", "make_policy_env"]

@@ -12,11 +12,13 @@ class Navigation2DEnv(TaskMixin, gym.Env):
     """Observation: the 2D position. Action: a displacement clipped to [−0.1, 0.1] per axis.
 
     Reward: minus the Euclidean distance to the goal after the move; the goal is U[−0.5, 0.5]².
-    Episodes only end by the 100-step TimeLimit, so every trajectory has the same length.
+    The episode ends when the point is within ``goal_tolerance`` of the goal on both axes (as in the
+    paper's rllab environment), otherwise at the 100-step TimeLimit.
     """
 
     metadata = {"render_modes": []}
     max_step = 0.1
+    goal_tolerance = 0.01
 
     def __init__(self, task: Task | None = None) -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
@@ -43,5 +45,7 @@ class Navigation2DEnv(TaskMixin, gym.Env):
     def step(self, action):
         move = np.clip(np.asarray(action, dtype=np.float64), -self.max_step, self.max_step)
         self._position = self._position + move
-        distance = float(np.linalg.norm(self._position - self._goal))
-        return self._position.astype(np.float32), -distance, False, False, {"distance": distance}
+        offset = self._position - self._goal
+        distance = float(np.linalg.norm(offset))
+        reached = bool(np.all(np.abs(offset) < self.goal_tolerance))
+        return self._position.astype(np.float32), -distance, reached, False, {"distance": distance}
