@@ -24,8 +24,8 @@ def main() -> None:
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--data-dir", help="TFDS data_dir holding omniglot/3.0.0 (default: $TF_MAML_DATA_DIR or TFDS's)")
     parser.add_argument("--eval-tasks", type=int, default=600)
-    parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATION_LEVELS, default="full",
-                        help="Grappler: full (slower start, fastest steps), fusion or off")
+    parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATION_LEVELS, default="fusion",
+                        help="Grappler: fusion (op fusion only), full (slower start) or off")
     parser.add_argument("--op-threads", action="store_true",
                         help="TensorFlow's default threading (split each op across cores) instead of one task per core")
     parser.add_argument("--verbose", type=int, default=1, help="Keras verbosity: 1 progress bar, 2 a line per epoch")

@@ -51,3 +51,23 @@ def test_shipped_sinusoid_model_adapts_on_fresh_tasks():
         pre.append(float(tf.reduce_mean((pred_theta - qy[t]) ** 2)))
         post.append(float(tf.reduce_mean((pred - qy[t]) ** 2)))
     assert np.mean(post) < 0.2 * np.mean(pre), (np.mean(pre), np.mean(post))
+
+
+def test_shipped_adapted_navigation_policy_walks_to_its_goal():
+    """The served mean action, in the env's own units, drives the point to the task it was adapted to."""
+    import gymnasium as gym
+
+    import tf_maml.rl  # noqa: F401  (registers the envs)
+
+    version = resolve_version_dir(str(REPO / "saved_models" / "navigation2d_adapted_policy"))
+    served = tf.saved_model.load(version).signatures["serving_default"]
+    task = read_metadata(version)["task"]
+    env = gym.make("tf_maml/Navigation2D-v0")
+    obs, _ = env.reset(options={"task": task})
+    total, done = 0.0, False
+    while not done:
+        action = served(observations=tf.constant(obs[None]))["actions"].numpy()[0]
+        obs, reward, terminated, truncated, info = env.step(action)
+        total, done = total + reward, terminated or truncated
+    standing_still = -100 * float(np.hypot(*task["goal"]))
+    assert info["distance"] < 0.05 and total > 0.5 * standing_still, (total, standing_still, info)

@@ -20,11 +20,10 @@ def set_graph_optimization(level: str) -> None:
     """How much Grappler optimises this process's graphs: ``"full"``, ``"fusion"`` or ``"off"``.
 
     MAML's second-order graphs are large, so optimisation costs time before the first step. Measured
-    for the Omniglot conv net on 2 cores with one task per core (BENCHMARKS.md): ``"full"`` (TensorFlow's
-    default) gives the fastest steps (5-way 1-shot second order 0.169 s) after an 18 s first step;
-    ``"fusion"`` keeps only the remapper (conv + bias + ReLU and batch-norm fusions) and starts in 6 s
-    for 0.18 s steps; ``"off"`` starts as fast and steps in ~0.19–0.22 s. Long training wants ``"full"``,
-    evaluation and interactive work ``"fusion"``. tf.data pipelines keep their own optimisations.
+    side by side for the Omniglot conv net on 2 cores with one task per core (BENCHMARKS.md): ``"full"``
+    (TensorFlow's default) took 20–37 s to the first step for no faster steps than ``"fusion"``, which keeps
+    only the remapper (op fusions) and starts in 4–13 s; ``"off"`` starts as fast and steps up to ~20%
+    slower. ``"fusion"`` is what the scripts use. tf.data pipelines keep their own optimisations.
     Call before the first step is traced.
     """
     if level not in GRAPH_OPTIMIZATION_LEVELS:

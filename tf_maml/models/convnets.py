@@ -1,4 +1,5 @@
-"""The 4-block conv nets of the MAML paper (Finn et al. 2017, §5.2), as plain Keras functional models.
+"""The 4-block conv nets of the MAML paper (Finn et al. 2017, §5.2), as plain Keras functional models
+(batch norm: :class:`~tf_maml.models.fused_batch_norm.FusedBatchNormalization`, Keras' layer run as one op).
 
 Layers are named ``block{i}_conv``, ``block{i}_bn``, ``block{i}_relu`` (and ``block{i}_pool``), then
 ``features`` and ``head`` (the Dense logits), so adapted parameters can be chosen by layer name —
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import keras
 
+from tf_maml.models.fused_batch_norm import FusedBatchNormalization
+
 
 def _conv_block(x, index: int, filters: int, strides: int, pool: bool, bn_momentum: float):
     x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", name=f"block{index}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"block{index}_bn")(x)
+    x = FusedBatchNormalization(momentum=bn_momentum, name=f"block{index}_bn")(x)
     x = keras.layers.ReLU(name=f"block{index}_relu")(x)
     if pool:
         x = keras.layers.MaxPool2D(2, strides=2, padding="valid", name=f"block{index}_pool")(x)
