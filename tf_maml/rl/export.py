@@ -105,22 +105,27 @@ def export_adapted_policy(
     n_traj: int = 20,
     seed: int = 0,
     metadata: dict[str, Any] | None = None,
+    later_lr: float | None = None,
 ) -> tuple[str, list[tf.Tensor]]:
     """Adapt the meta-policy to ``task`` (``steps`` policy-gradient steps on sampled episodes) and export it.
+
+    The first step uses ``fast_lr``, later ones ``later_lr`` (default ``fast_lr``), as in evaluation.
 
     Returns the version path and the adapted parameters (so callers can check the served actions).
     """
     from tf_maml.rl.evaluation import adaptation_returns
 
     returns, stacked = adaptation_returns(
-        model, meta_params, sampler, [task], n_traj, fast_lr, steps=steps, seed=seed, return_params=True
+        model, meta_params, sampler, [task], n_traj, fast_lr, steps=steps, seed=seed, return_params=True,
+        later_lr=later_lr,
     )
     params = [p[0] for p in stacked]
     # adaptation_returns also samples with the final policy; its return is recorded as metadata.
     meta = {
         "task": task,
         "env_id": sampler.env_id,
-        "adaptation": {"steps": steps, "fast_lr": fast_lr, "n_traj": n_traj, "seed": seed},
+        "adaptation": {"steps": steps, "fast_lr": fast_lr, "later_lr": later_lr if later_lr is not None else fast_lr,
+                       "n_traj": n_traj, "seed": seed},
         "returns_by_step": [float(r[0]) for r in returns],
         **(metadata or {}),
     }
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--steps", type=int, default=1, help="adaptation steps; 0 exports the meta-policy itself")
     p.add_argument("--task-seed", type=int, default=4321)
-    p.add_argument("--n-traj", type=int, default=20)
+    p.add_argument("--n-traj", type=int, default=40, help="episodes per adaptation step")
+    p.add_argument("--later-lr", type=float, help="rate of steps 2.. (default: half the run's fast_lr, as eval_rl.py)")
     args = p.parse_args(argv)
 
     from tf_maml.rl.maml_trpo import MAMLTRPO
@@ -156,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         task = learner.sampler.sample_tasks(1, args.task_seed)[0]
         path, _ = export_adapted_policy(learner.model, policy_params(learner.model), learner.sampler, task,
                                         args.base, args.name, c.fast_lr, args.steps, args.n_traj, seed=args.task_seed,
-                                        metadata={"meta_iteration": int(learner.iteration.numpy())})
+                                        metadata={"meta_iteration": int(learner.iteration.numpy())},
+                                        later_lr=args.later_lr if args.later_lr is not None else c.fast_lr / 2)
     learner.close()
     print(path)
 
