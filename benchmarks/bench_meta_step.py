@@ -151,11 +151,12 @@ def main() -> None:
     from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization
 
     set_graph_optimization(args.graph_optimization)
+    threads = int(os.environ.get("BENCH_THREADS", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else os.cpu_count() or 1))
     if args.tf_threads == "task-parallel":
-        run_tasks_in_parallel()
+        run_tasks_in_parallel(threads)
     if args.quick:
         args.repeats = 2
-    threads = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
     rows = []
     rng = np.random.default_rng(0)
     for name in args.configs:

@@ -6,7 +6,8 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from tf_maml.episode_batch import EpisodeBatch  # noqa: E402
 from tf_maml.maml import MAML, MetaLossNotFiniteError  # noqa: E402
+from tf_maml.models.fused_batch_norm import FusedBatchNormalization  # noqa: E402  (registers it for loading)
 from tf_maml.serving import load  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["MAML", "EpisodeBatch", "MetaLossNotFiniteError", "load", "__version__"]
+__all__ = ["MAML", "EpisodeBatch", "FusedBatchNormalization", "MetaLossNotFiniteError", "load", "__version__"]

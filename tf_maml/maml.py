@@ -119,7 +119,8 @@ class MAML(keras.Model):
             "sum_over_batch_size", "mean", "mean_with_sample_weight"
         ):
             value = value * tf.cast(replicas, value.dtype)
-        return value
+        # A Loss object computes in its own dtype (float32 unless given dtype=...); return the model's.
+        return tf.cast(value, y_pred.dtype) if y_pred.dtype.is_floating else value
 
     @property
     def loss_fn(self):

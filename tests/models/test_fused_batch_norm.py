@@ -67,3 +67,82 @@ def test_saves_and_loads_as_a_keras_model(tmp_path):
     assert isinstance(loaded.get_layer("bn"), FusedBatchNormalization)
     for training in (True, False):
         np.testing.assert_allclose(loaded(x, training=training), model(x, training=training), rtol=1e-6, atol=1e-6)
+
+
+def _bn_classifier(bn_layer, dtype):
+    inputs = keras.Input((5, 5, 1), dtype=dtype)
+    x = keras.layers.Conv2D(3, 3, dtype=dtype, name="conv",
+                            kernel_initializer=keras.initializers.GlorotUniform(seed=1))(inputs)
+    x = bn_layer(dtype=dtype, name="bn")(x)
+    x = keras.layers.Activation("tanh", dtype=dtype)(x)
+    x = keras.layers.GlobalAveragePooling2D(dtype=dtype)(x)
+    outputs = keras.layers.Dense(2, dtype=dtype, name="head",
+                                 kernel_initializer=keras.initializers.GlorotUniform(seed=2))(x)
+    return keras.Model(inputs, outputs)
+
+
+def _meta_learner(model):
+    from tf_maml import MAML
+
+    maml = MAML(model, inner_lr=0.5, inner_steps=1, task_execution="loop")
+    dtype = model.outputs[0].dtype
+    maml.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype))
+    return maml
+
+
+def _episode(dtype):
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(2, 8, 5, 5, 1)).astype(dtype)
+    labels = np.tile(np.array([0, 1, 0, 1], np.int32), (2, 2))
+    return tuple(tf.constant(v) for v in (images[:, :4], labels[:, :4], images[:, 4:], labels[:, 4:]))
+
+
+def _meta_gradient(maml, batch):
+    with tf.GradientTape() as tape:
+        loss = maml.meta_loss(batch)
+    return [g.numpy() for g in tape.gradient(loss, maml.model.trainable_variables)]
+
+
+def test_second_order_meta_gradient_is_exact_and_fused_path_agrees():
+    """Float64 (Keras path with exact moments) against central differences; float32 (fused op) against it."""
+    exact = _meta_learner(_bn_classifier(FusedBatchNormalization, "float64"))
+    batch = _episode("float64")
+    analytic = _meta_gradient(exact, batch)
+    meta_loss = tf.function(exact.meta_loss)  # traced once; reads the shifted variables at every call
+    eps = 1e-6
+    for var, grad in zip(exact.model.trainable_variables, analytic):
+        base = var.numpy().copy()
+        numeric = np.zeros_like(base)
+        for idx in np.ndindex(base.shape):
+            for sign in (1, -1):
+                shifted = base.copy()
+                shifted[idx] += sign * eps
+                var.assign(shifted)
+                numeric[idx] += sign * float(meta_loss(batch)) / (2 * eps)
+        var.assign(base)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7, err_msg=var.path)
+
+    fused = _meta_learner(_bn_classifier(FusedBatchNormalization, "float32"))
+    for v32, v64 in zip(fused.model.weights, exact.model.weights):
+        v32.assign(v64.numpy().astype("float32"))
+    assert fused.model.get_layer("bn")._can_fuse(tf.zeros((4, 3, 3, 3)), True, None)
+    scale = max(float(np.abs(g).max()) for g in analytic)  # the conv bias has a zero gradient (BN removes it)
+    for g32, g64 in zip(_meta_gradient(fused, _episode("float32")), analytic):
+        np.testing.assert_allclose(g32, g64, rtol=2e-3, atol=1e-4 * scale)
+
+
+def test_loads_in_a_fresh_process_with_only_tf_maml_imported(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tf_maml.models.convnets import omniglot_convnet
+
+    model = omniglot_convnet(5)
+    model.save(tmp_path / "net.keras")
+    code = ("import sys, keras, tf_maml; m = keras.models.load_model(sys.argv[1]); "
+            "print(type(m.get_layer('block1_bn')).__name__)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "net.keras")], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("FusedBatchNormalization")

@@ -55,8 +55,8 @@ def test_export_adapted_policy_roundtrip_in_fresh_process(tmp_path):
 def test_versions_increment_and_failures_leave_nothing(tmp_path, monkeypatch):
     model = build_policy(2, 2, seed=0)
     base = str(tmp_path)
-    p1 = rl_export.export_policy(model, policy_params(model), base, "m", {"note": "a"})
-    p2 = rl_export.export_policy(model, policy_params(model), base, "m", {"note": "b"})
+    p1 = rl_export.export_policy(model, policy_params(model), base, "m", {"note": "a"}, action_bounds=None)
+    p2 = rl_export.export_policy(model, policy_params(model), base, "m", {"note": "b"}, action_bounds=None)
     assert [os.path.basename(p1), os.path.basename(p2)] == ["1", "2"]
     os.makedirs(os.path.join(base, "m", "7"))  # someone else's version: we continue after it
     assert next_version(os.path.join(base, "m")) == 8
@@ -66,5 +66,5 @@ def test_versions_increment_and_failures_leave_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tf.saved_model, "save", boom)
     with pytest.raises(RuntimeError):
-        rl_export.export_policy(model, policy_params(model), base, "m")
+        rl_export.export_policy(model, policy_params(model), base, "m", action_bounds=None)
     assert sorted(os.listdir(os.path.join(base, "m"))) == ["1", "2", "7"]

@@ -67,3 +67,11 @@ def test_benchmark_quick_runs():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_rl.py"), "--quick"],
                          check=True, capture_output=True, text=True, env=env, timeout=150).stdout
     assert "env_steps_per_s" in out and "seconds_per_meta_iteration" in out
+
+
+def test_runs_from_before_action_scaling_are_refused_clearly():
+    config = json.loads(MAMLTRPOConfig().to_json())
+    assert MAMLTRPOConfig.from_json(json.dumps(config)).action_scaling == "unit"
+    del config["action_scaling"]  # what a run written before the change has
+    with pytest.raises(ValueError, match="Retrain"):
+        MAMLTRPOConfig.from_json(json.dumps(config))

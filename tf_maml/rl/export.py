@@ -61,11 +61,14 @@ def export_policy(
     base_dir: str,
     name: str,
     metadata: dict[str, Any] | None = None,
-    action_bounds: tuple[Sequence[float], Sequence[float]] | None = None,
+    *,
+    action_bounds: tuple[Sequence[float], Sequence[float]] | None,
 ) -> str:
     """Save ``params`` (aligned with ``model.trainable_variables``) as the next version; returns its path.
 
-    ``action_bounds`` ``(low, high)``: the env's; served actions are mapped from [−1, 1] into them.
+    ``action_bounds`` ``(low, high)``: the env's (``Sampler.action_low/high``); served actions are mapped
+    from the policy's [−1, 1] into them. Required, so no caller serves policy units by accident;
+    ``None`` serves the policy's own units.
     """
     meta = {
         "format": "tf_maml.rl.export/1",

@@ -101,6 +101,9 @@ class MAMLTRPOConfig:
     asynchronous: bool | None = None
     vectorize: bool = True
     seed: int = 0
+    # The policy's action units: "unit" = [−1, 1] rescaled to the env's bounds (make_policy_env). Runs
+    # written before this existed acted in the env's own units and cannot be resumed as they were.
+    action_scaling: str = "unit"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -108,6 +111,12 @@ class MAMLTRPOConfig:
     @classmethod
     def from_json(cls, text: str) -> "MAMLTRPOConfig":
         d = json.loads(text)
+        if d.get("action_scaling") != "unit":
+            raise ValueError(
+                "This run's policy acted in the env's own action units (it was trained before tf_maml rescaled "
+                "policy actions from [-1, 1], as rllab's normalize does); resuming or evaluating it now would "
+                "scale its actions. Retrain it with this version of scripts/train_rl.py."
+            )
         d["hidden"] = tuple(d["hidden"])
         return cls(**d)
 
