@@ -5,6 +5,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pathlib
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -19,3 +20,26 @@ def _fresh_keras_state():
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     yield
+
+
+def _central_differences(loss, variables, eps: float = 1e-6) -> list:
+    """d loss() / d v for every variable by central differences; ``loss()`` must read the variables."""
+    grads = []
+    for var in variables:
+        base = var.numpy().copy()
+        grad = np.zeros_like(base)
+        for idx in np.ndindex(base.shape):
+            for sign in (1, -1):
+                shifted = base.copy()
+                shifted[idx] += sign * eps
+                var.assign(shifted)
+                grad[idx] += sign * float(loss()) / (2 * eps)
+        var.assign(base)
+        grads.append(grad)
+    return grads
+
+
+@pytest.fixture
+def central_differences():
+    """The finite-difference gradient that analytic (meta-)gradients are checked against."""
+    return _central_differences
