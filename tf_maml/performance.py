@@ -24,7 +24,7 @@ def set_graph_optimization(level: str) -> None:
     (TensorFlow's default) took 20–37 s to the first step for no faster steps than ``"fusion"``, which keeps
     only the remapper (op fusions) and starts in 4–13 s; ``"off"`` starts as fast and steps up to ~20%
     slower. ``"fusion"`` is what the scripts use. tf.data pipelines keep their own optimisations.
-    Call before the first step is traced.
+    Call once, before the first step is traced: a later call does not restore passes an earlier one turned off.
     """
     if level not in GRAPH_OPTIMIZATION_LEVELS:
         raise ValueError(f"graph optimization level must be one of {GRAPH_OPTIMIZATION_LEVELS}, got {level!r}.")
