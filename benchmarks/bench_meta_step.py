@@ -148,11 +148,10 @@ def main() -> None:
                         help="Grappler level (tf_maml.performance.set_graph_optimization)")
     parser.add_argument("--tf-threads", choices=["task-parallel", "default"], default="task-parallel")
     args = parser.parse_args()
-    from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization
+    from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization, usable_cores
 
     set_graph_optimization(args.graph_optimization)
-    threads = int(os.environ.get("BENCH_THREADS", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                 else os.cpu_count() or 1))
+    threads = int(os.environ.get("BENCH_THREADS", usable_cores()))
     if args.tf_threads == "task-parallel":
         run_tasks_in_parallel(threads)
     if args.quick:

@@ -37,7 +37,7 @@ def set_graph_optimization(level: str) -> None:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """Cores this process may run on (CPU affinity / container limits), not all the machine has."""
     try:
         return len(os.sched_getaffinity(0))
@@ -54,7 +54,7 @@ def run_tasks_in_parallel(threads: int | None = None) -> None:
     5-way 1-shot second-order meta-step from 0.51 to 0.19 s and 20-way 1-shot from 1.47 to 1.13 s
     (BENCHMARKS.md). Must run before TensorFlow executes its first op.
     """
-    inter = threads or _usable_cores()
+    inter = threads or usable_cores()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
