@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 from tf_maml import MAML
 from tf_maml.data.sinusoid import sinusoid_episodes
@@ -39,3 +40,10 @@ def test_resume_is_exact(tmp_path):
     assert resumed_budget["meta_steps"] == 40 and resumed_budget["sessions"] == 2
     assert resumed_budget["wall_seconds"] > budget["wall_seconds"]
     assert fit_resumable(resumed, make_dataset, 40, 10, str(tmp_path / "b"), verbose=0) is None
+
+
+def test_resume_with_other_epoch_length_says_how_to_fix(tmp_path):
+    fit_resumable(fresh(), make_dataset, 10, 10, str(tmp_path), verbose=0)
+    with pytest.raises(ValueError, match=r"meta-step 10, not a multiple of steps_per_epoch \(4\).*config.json"):
+        fit_resumable(fresh(), make_dataset, 40, 4, str(tmp_path), verbose=0)
+    assert read_budget(str(tmp_path / "budget.json"))["meta_steps"] == 10  # nothing already saved is lost

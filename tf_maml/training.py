@@ -95,7 +95,11 @@ def fit_resumable(
     manager = checkpoint_manager(maml, ckpt_dir)
     start = restore_latest(maml, ckpt_dir)
     if start % steps_per_epoch:
-        raise ValueError(f"Checkpoint at step {start} is not at an epoch boundary of {steps_per_epoch} steps.")
+        raise ValueError(
+            f"The checkpoint in {ckpt_dir} is at meta-step {start}, not a multiple of steps_per_epoch "
+            f"({steps_per_epoch}): resume with the steps_per_epoch the run was started with (its config.json), "
+            "or one that divides the checkpoint's step."
+        )
     if start >= total_steps:
         return None
     all_callbacks = [_SaveCheckpoint(manager), _RecordBudget(os.path.join(workdir, "budget.json")), *callbacks]
