@@ -81,10 +81,16 @@ def test_second_load_comes_from_cache_without_tfds(mocked):
     np.testing.assert_array_equal(first.meta_test.label_ids, second.meta_test.label_ids)
 
 
-def test_episodes_from_mocked_split(mocked):
+def test_episodes_from_mocked_split(mocked, check_episodes):
     classes = load_omniglot_classes("tfds", data_dir=mocked / "tfds", download=True, cache=False)
-    sx, sy, qx, qy = next(iter(omniglot_episodes(classes.meta_test, 5, 1, 2, 3, seed=0)))
-    assert sx.shape == (3, 5, 28, 28, 1) and qx.shape == (3, 10, 28, 28, 1)
+    episodes = list(omniglot_episodes(classes.meta_test, 5, 1, 2, 3, seed=0).take(4))
+    assert episodes[0][0].shape == (3, 5, 28, 28, 1) and episodes[0][2].shape == (3, 10, 28, 28, 1)
+    seen = check_episodes(classes.meta_test.images.numpy(), episodes, 5, 1, 2)
+    assert {k for _, k in seen} == {0, 1, 2, 3}, "rotations are classes of their own"
+    again = list(omniglot_episodes(classes.meta_test, 5, 1, 2, 3, seed=0).take(4))
+    for a, b in zip(episodes, again):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
     with pytest.raises(ValueError, match=r"17-way .* only 16 classes"):
         omniglot_episodes(classes.meta_test, 17, 1, 1, 1, seed=0)
 

@@ -120,8 +120,6 @@ def load_for_evaluation(workdir: str | None = None, saved_model: str | None = No
     return maml, OmniglotConfig(**read_metadata(saved_model)["config"])
 
 
-
-
 def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | None = None,
            name: str | None = None) -> str:
     """Export the newest checkpoint of ``workdir`` as a served meta-learner, with metadata listing the
