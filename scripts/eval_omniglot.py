@@ -21,14 +21,14 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, nargs="+", help="adaptation steps to report (default 0, train, eval steps)")
-    parser.add_argument("--data-dir", help="TFDS data_dir holding omniglot/3.0.0")
+    omniglot.add_data_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here')
     args = parser.parse_args()
 
     set_graph_optimization("fusion")
     run_tasks_in_parallel()
     maml, config = omniglot.load_for_evaluation(workdir=args.workdir, saved_model=args.saved_model)
-    data = omniglot.load_omniglot_classes(config.split, data_dir=args.data_dir, validation=True)
+    data = omniglot.load_classes(args, config.split)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=args.seed,
                                 steps=tuple(args.steps) if args.steps else None)
     results["meta_steps"] = int(maml.optimizer.iterations) if getattr(maml, "optimizer", None) else None

@@ -22,7 +22,9 @@ def main() -> None:
     parser.add_argument("--steps-per-epoch", type=int, help="meta-steps between checkpoints and validation")
     parser.add_argument("--split", choices=["paper", "tfds"])
     parser.add_argument("--first-order", action="store_true")
-    parser.add_argument("--data-dir", help="TFDS data_dir holding omniglot/3.0.0 (default: $TF_MAML_DATA_DIR or TFDS's)")
+    parser.add_argument("--batch-norm", choices=["transductive", "running"],
+                        help="batch statistics everywhere (the paper's, default) or running statistics at meta-test")
+    omniglot.add_data_arguments(parser)
     parser.add_argument("--eval-tasks", type=int, default=600)
     parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATION_LEVELS, default="fusion",
                         help="Grappler: fusion (op fusion only), full (slower start) or off")
@@ -35,12 +37,12 @@ def main() -> None:
     if not args.op_threads:
         run_tasks_in_parallel()
     overrides = {k: v for k, v in (("meta_steps", args.meta_steps), ("steps_per_epoch", args.steps_per_epoch),
-                                   ("split", args.split)) if v is not None}
+                                   ("split", args.split), ("batch_norm", args.batch_norm)) if v is not None}
     if args.first_order:
         overrides["first_order"] = True
     config = dataclasses.replace(omniglot.PRESETS[args.preset], **overrides)
     workdir = args.workdir or os.path.join("runs", config.name)
-    data = omniglot.load_omniglot_classes(config.split, data_dir=args.data_dir, validation=True)
+    data = omniglot.load_classes(args, config.split)
     maml = omniglot.train(config, workdir, data=data, verbose=args.verbose)
     results = omniglot.evaluate(maml, config, data, args.eval_tasks, seed=config.seed)
     with open(os.path.join(workdir, "eval.json"), "w") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -38,6 +39,7 @@ class OmniglotConfig:
     validation_tasks: int = 160
     eval_tasks: int = 600
     task_execution: str = "loop"
+    batch_norm: str = "transductive"  # or "running"; see MAML(batch_norm=...)
 
     @property
     def name(self) -> str:
@@ -52,10 +54,24 @@ PRESETS = {
 }
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data flags every Omniglot script shares (read back by :func:`load_classes`)."""
+    parser.add_argument("--data-dir", help="TFDS data_dir holding omniglot/3.0.0 (default: $TF_MAML_DATA_DIR or TFDS's)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never download: if the data is not prepared, stop and say where it looked")
+    parser.add_argument("--manual-dir", help="a folder with the four official Omniglot archives: build the TFDS "
+                                             "dataset from them without internet (checksums are checked)")
+
+
+def load_classes(args: argparse.Namespace, split: str) -> OmniglotClasses:
+    return load_omniglot_classes(split, data_dir=args.data_dir, download=not args.offline,
+                                 manual_dir=args.manual_dir, validation=True)
+
+
 def build_meta_learner(config: OmniglotConfig) -> MAML:
     maml = MAML(omniglot_convnet(config.ways), inner_lr=config.inner_lr, inner_steps=config.inner_steps,
                 eval_inner_steps=config.eval_inner_steps, first_order=config.first_order,
-                task_execution=config.task_execution)
+                task_execution=config.task_execution, batch_norm=config.batch_norm)
     maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
