@@ -7,7 +7,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import tf_maml.rl
-from tf_maml.rl.envs import ENV_IDS, make_policy_env, register_envs
+from tf_maml.rl.envs import ENV_IDS, make_policy_env, parse_task, register_envs
 
 MUJOCO = [i for i in ENV_IDS if "Navigation" not in i]
 
@@ -119,3 +119,14 @@ def test_ant_reward_by_hand(env_id):
     expected = forward + healthy - 0.5 * np.sum(np.square(a)) - contact
     assert r == pytest.approx(expected, rel=1e-6, abs=1e-6)
     assert term == (healthy == 0.0)
+
+
+def test_parse_task_canonicalises_or_says_what_a_task_looks_like():
+    assert parse_task("tf_maml/HalfCheetahVel-v0", '{"velocity": 1}') == {"velocity": 1.0}
+    assert parse_task("tf_maml/AntDir-v0", {"direction": -1}) == {"direction": -1}
+    with pytest.raises(ValueError, match=r"direction must be -1 or 1"):
+        parse_task("tf_maml/HalfCheetahDir-v0", '{"direction": 0}')
+    with pytest.raises(ValueError, match=r"not a task of tf_maml/AntVel-v0 .*KeyError.*look like \{\"velocity\": "):
+        parse_task("tf_maml/AntVel-v0", '{"speed": 1.0}')
+    with pytest.raises(ValueError, match="a task is a JSON object"):
+        parse_task("tf_maml/AntVel-v0", "[1.0]")

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -68,3 +69,25 @@ def test_versions_increment_and_failures_leave_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         rl_export.export_policy(model, policy_params(model), base, "m", action_bounds=None)
     assert sorted(os.listdir(os.path.join(base, "m"))) == ["1", "2", "7"]
+
+
+def test_cli_exports_a_policy_adapted_to_a_given_task(tmp_path, capsys):
+    from tf_maml.rl.maml_trpo import MAMLTRPO
+    from tf_maml.rl.presets import preset
+
+    logdir = str(tmp_path / "run")
+    learner = MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8), logdir)
+    learner.save()
+    learner.close()
+    common = ["--logdir", logdir, "--base", str(tmp_path / "models"), "--name", "nav", "--n-traj", "4"]
+    rl_export.main([*common, "--task", '{"goal": [0.3, -0.2]}'])
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    with open(os.path.join(path, "assets", "tf_maml.json")) as f:
+        assert json.load(f)["task"] == {"goal": [0.3, -0.2]}
+    for bad, says in [('{"velocity": 1.5}', r"not a task of tf_maml/Navigation2D-v0.*\{\"goal\": \["),
+                      ("goal=0.3", "task must be JSON"),
+                      ('{"goal": [0.1, 0.2, 0.3]}', "goal must have 2 coordinates")]:
+        with pytest.raises(SystemExit):
+            rl_export.main([*common, "--task", bad])
+        assert re.search(says, capsys.readouterr().err), bad
+    assert sorted(os.listdir(tmp_path / "models" / "nav")) == ["1"]  # failures exported nothing

@@ -137,8 +137,8 @@ def export_adapted_policy(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tf_maml.rl.export --logdir RUN --base saved_models --name NAME [--task-seed S]``:
-    export the meta-policy (``--steps 0``) or a policy adapted to one held-out task."""
+    """``python -m tf_maml.rl.export --logdir RUN --base saved_models --name NAME [--task JSON | --task-seed S]``:
+    export the meta-policy (``--steps 0``) or a policy adapted to one task (given, or sampled from a seed)."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
@@ -146,23 +146,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--base", default="saved_models")
     p.add_argument("--name", required=True)
     p.add_argument("--steps", type=int, default=1, help="adaptation steps; 0 exports the meta-policy itself")
-    p.add_argument("--task-seed", type=int, default=4321)
+    p.add_argument("--task", help='the task to adapt to, as JSON, e.g. \'{"velocity": 1.5}\' or \'{"goal": [0.3, -0.2]}\'')
+    p.add_argument("--task-seed", type=int, default=4321, help="without --task: sample the task from this seed; "
+                                                               "also seeds the adaptation's trajectories")
     p.add_argument("--n-traj", type=int, default=40, help="episodes per adaptation step")
     p.add_argument("--later-lr", type=float, help="rate of steps 2.. (default: half the run's fast_lr, as eval_rl.py)")
     args = p.parse_args(argv)
 
+    if args.task is not None and args.steps == 0:
+        p.error("--task needs --steps 1 or more (--steps 0 exports the meta-policy, which has no task).")
+
+    from tf_maml.rl.envs import parse_task
     from tf_maml.rl.maml_trpo import MAMLTRPO
     from tf_maml.rl.policy import policy_params
 
     learner = MAMLTRPO.from_logdir(args.logdir)
     c = learner.config
+    try:
+        task = parse_task(c.env_id, args.task) if args.task is not None else None
+    except ValueError as err:
+        learner.close()
+        p.error(str(err))
     if args.steps == 0:
         meta = {"env_id": c.env_id, "kind": "meta-policy", "iteration": int(learner.iteration.numpy()),
                 "fast_lr": c.fast_lr, "inner_steps": c.inner_steps}
         path = export_policy(learner.model, policy_params(learner.model), args.base, args.name, meta,
                              action_bounds=(learner.sampler.action_low, learner.sampler.action_high))
     else:
-        task = learner.sampler.sample_tasks(1, args.task_seed)[0]
+        task = task if task is not None else learner.sampler.sample_tasks(1, args.task_seed)[0]
         path, _ = export_adapted_policy(learner.model, policy_params(learner.model), learner.sampler, task,
                                         args.base, args.name, c.fast_lr, args.steps, args.n_traj, seed=args.task_seed,
                                         metadata={"meta_iteration": int(learner.iteration.numpy())},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 
@@ -41,4 +43,28 @@ def make_policy_env(env_id: str, **kwargs) -> gym.Env:
     return gym.wrappers.ClipAction(gym.wrappers.RescaleAction(env, *unit))
 
 
-__all__ = ["ENV_IDS", "register_envs", "make_env", "make_policy_env"]
+def parse_task(env_id: str, task: str | dict) -> dict:
+    """A task given by a user (a dict or its JSON text) checked by the env itself, in canonical form.
+
+    Raises ValueError saying what is wrong and what a task of ``env_id`` looks like.
+    """
+    if isinstance(task, str):
+        try:
+            task = json.loads(task)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"task must be JSON, e.g. '{{\"velocity\": 1.5}}'; got {task!r} ({err}).") from err
+    env = make_env(env_id).unwrapped
+    try:
+        example = env.sample_tasks(1, seed=0)[0]
+        if not isinstance(task, dict):
+            raise TypeError(f"a task is a JSON object, got {type(task).__name__}")
+        env.task = task
+        return env.task
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{task!r} is not a task of {env_id} ({type(err).__name__}: {err}); "
+                         f"its tasks look like {json.dumps(example)}.") from err
+    finally:
+        env.close()
+
+
+__all__ = ["ENV_IDS", "register_envs", "make_env", "make_policy_env", "parse_task"]
