@@ -31,10 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
 
-    from tf_maml.rl.maml_trpo import MAMLTRPO
+    from tf_maml.rl.maml_trpo import MAMLTRPO, MAMLTRPOConfig
 
-    config = preset(
-        args.env,
+    overrides = dict(
         meta_batch_size=args.meta_batch_size,
         n_traj=args.n_traj,
         fast_lr=args.fast_lr,
@@ -44,8 +43,18 @@ def main(argv: list[str] | None = None) -> None:
         vectorize=False if args.loop else None,
         seed=args.seed,
     )
-    if os.path.exists(os.path.join(args.logdir, "config.json")):
-        learner = MAMLTRPO.from_logdir(args.logdir)  # resume with the run's own settings
+    config = preset(args.env, **overrides)
+    config_path = os.path.join(args.logdir, "config.json")
+    if os.path.exists(config_path):  # resume with the run's own settings, if the flags agree with them
+        with open(config_path) as f:
+            saved = MAMLTRPOConfig.from_json(f.read())
+        asked = {"env_id": config.env_id, **{k: v for k, v in overrides.items() if v is not None}}
+        differ = {k: (v, getattr(saved, k)) for k, v in asked.items() if getattr(saved, k) != v}
+        if differ:
+            listed = ", ".join(f"{k}: asked {a!r}, run has {b!r}" for k, (a, b) in differ.items())
+            p.error(f"{args.logdir} holds a run with other settings ({listed}). Resume it with its own settings "
+                    "(or no setting flags), or start a new run with another --logdir.")
+        learner = MAMLTRPO.from_logdir(args.logdir)
         learner.sampler.progress = args.progress
     else:
         learner = MAMLTRPO(config, args.logdir, progress=args.progress)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -75,3 +76,39 @@ def test_runs_from_before_action_scaling_are_refused_clearly():
     del config["action_scaling"]  # what a run written before the change has
     with pytest.raises(ValueError, match="Retrain"):
         MAMLTRPOConfig.from_json(json.dumps(config))
+
+
+def test_non_finite_rewards_stop_training_and_keep_the_checkpoint(tmp_path, monkeypatch):
+    learner = MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8), str(tmp_path))
+    learner.train(1)
+    theta = learner.theta().numpy()
+    saved = learner.manager.latest_checkpoint
+    sample = learner.sampler.sample
+
+    def nan_rewards(*args, **kwargs):
+        batch = sample(*args, **kwargs)
+        return dataclasses.replace(batch, rewards=np.full_like(batch.rewards, np.nan))
+
+    monkeypatch.setattr(learner.sampler, "sample", nan_rewards)
+    with pytest.raises(FloatingPointError, match=r"Meta-iteration 2: pre-update rewards not finite.*ckpt-1\) is intact"):
+        learner.train(3)
+    assert int(learner.iteration.numpy()) == 1 and learner.manager.latest_checkpoint == saved
+    np.testing.assert_array_equal(learner.theta().numpy(), theta)
+    learner.close()
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_rl", os.path.join(ROOT, "scripts", "train_rl.py"))
+    train_rl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_rl)
+    logdir = str(tmp_path / "run")
+    MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8), logdir).close()
+    for flags, says in [(["--env", "halfcheetah-dir"], r"env_id: asked 'tf_maml/HalfCheetahDir-v0', run has 'tf_maml/Navigation2D-v0'"),
+                        (["--env", "navigation2d", "--meta-batch-size", "4"], r"meta_batch_size: asked 4, run has 2")]:
+        with pytest.raises(SystemExit):
+            train_rl.main([*flags, "--iterations", "1", "--logdir", logdir])
+        assert re.search(says, capsys.readouterr().err)
+    train_rl.main(["--env", "navigation2d", "--meta-batch-size", "2", "--iterations", "1", "--logdir", logdir])
+    assert "it    1" in capsys.readouterr().out

@@ -217,13 +217,16 @@ class MAMLTRPO:
         theta = self.theta()
         if c.inner_steps > 0:
             pre_batch = self.sampler.sample(policy_params(self.model), tasks, c.n_traj, _seed(c.seed, iteration, 1))
+            self._check_finite(iteration + 1, {"pre-update rewards": pre_batch.rewards})
             pre = to_pg_data(pre_batch, c.gamma, c.gae_lambda)
             adapted = self._adapted_fn(theta, pre)
+            self._check_finite(iteration + 1, {"adapted parameters": flatten(adapted).numpy()})
             post_batch = self.sampler.sample(adapted, tasks, c.n_traj, _seed(c.seed, iteration, 2), per_task_params=True)
         else:
             post_batch = self.sampler.sample(policy_params(self.model), tasks, c.n_traj, _seed(c.seed, iteration, 2))
             pre_batch = post_batch
             pre = to_pg_data(post_batch, c.gamma, c.gae_lambda)
+        self._check_finite(iteration + 1, {"post-update rewards": post_batch.rewards})
         post = to_pg_data(post_batch, c.gamma, c.gae_lambda)
         return tasks, pre_batch, pre, post_batch, post
 
@@ -237,6 +240,7 @@ class MAMLTRPO:
         theta = self.theta()
         old_mean, old_log_std = self._old_fn(theta, pre, post)
         loss, _, grad = self._loss_grad_fn(theta, pre, post, old_mean, old_log_std)
+        self._check_finite(it + 1, {"surrogate loss": loss.numpy(), "meta-gradient": grad.numpy()})
         direction = conjugate_gradient(
             lambda v: self._fvp_fn(theta, v, pre, post, old_mean, old_log_std), grad, c.cg_iters
         )
@@ -268,6 +272,17 @@ class MAMLTRPO:
         }
         self._log(metrics)
         return metrics
+
+    def _check_finite(self, iteration: int, values: dict[str, np.ndarray]) -> None:
+        """Stop before a non-finite value can reach the baseline fit, the policy or a checkpoint."""
+        bad = [name for name, value in values.items() if not np.all(np.isfinite(value))]
+        if bad:
+            saved = self.manager.latest_checkpoint if self.manager else None
+            raise FloatingPointError(
+                f"Meta-iteration {iteration}: {', '.join(bad)} not finite. The policy was not updated"
+                + (f" and the last checkpoint ({saved}) is intact" if saved else "")
+                + ". Check the env's rewards for NaN/inf, or lower fast_lr (the inner step may diverge)."
+            )
 
     def _log(self, metrics: dict) -> None:
         if self.writer is not None:
