@@ -2,7 +2,6 @@
 """Meta-train MAML on Omniglot N-way K-shot (Finn et al. 2017, section 5.2); resumes from --workdir."""
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -40,8 +39,10 @@ def main() -> None:
                                    ("split", args.split), ("batch_norm", args.batch_norm)) if v is not None}
     if args.first_order:
         overrides["first_order"] = True
-    config = dataclasses.replace(omniglot.PRESETS[args.preset], **overrides)
-    workdir = args.workdir or os.path.join("runs", config.name)
+    try:
+        config, workdir = omniglot.config_for_run(args.preset, overrides, args.workdir)
+    except ValueError as err:
+        parser.error(str(err))
     data = omniglot.load_classes(args, config.split)
     maml = omniglot.train(config, workdir, data=data, verbose=args.verbose)
     results = omniglot.evaluate(maml, config, data, args.eval_tasks, seed=config.seed)

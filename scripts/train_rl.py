@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from tf_maml.rl.maml_trpo import MAMLTRPO, MAMLTRPOConfig
+    from tf_maml.training import check_resume_settings
 
     overrides = dict(
         meta_batch_size=args.meta_batch_size,
@@ -49,11 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         with open(config_path) as f:
             saved = MAMLTRPOConfig.from_json(f.read())
         asked = {"env_id": config.env_id, **{k: v for k, v in overrides.items() if v is not None}}
-        differ = {k: (v, getattr(saved, k)) for k, v in asked.items() if getattr(saved, k) != v}
-        if differ:
-            listed = ", ".join(f"{k}: asked {a!r}, run has {b!r}" for k, (a, b) in differ.items())
-            p.error(f"{args.logdir} holds a run with other settings ({listed}). Resume it with its own settings "
-                    "(or no setting flags), or start a new run with another --logdir.")
+        try:
+            check_resume_settings(saved, asked, args.logdir)
+        except ValueError as err:
+            p.error(str(err))
         learner = MAMLTRPO.from_logdir(args.logdir)
         learner.sampler.progress = args.progress
     else:

@@ -17,6 +17,19 @@ import tensorflow as tf
 from tf_maml.maml import MAML
 
 
+def check_resume_settings(saved: object, asked: dict, where: str, flag_hint: str = "setting flags") -> None:
+    """Refuse to resume the run in ``where`` (settings ``saved``) with other ``asked`` settings.
+
+    A resumed run must be the run it was: silently switching a setting would mix two experiments in one
+    checkpoint and one budget.
+    """
+    differ = {k: (v, getattr(saved, k)) for k, v in asked.items() if getattr(saved, k) != v}
+    if differ:
+        listed = ", ".join(f"{k}: asked {a!r}, run has {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(f"{where} holds a run with other settings ({listed}). Resume it with its own settings "
+                         f"(or no {flag_hint}), or start a new run in another directory.")
+
+
 class _SaveCheckpoint(keras.callbacks.Callback):
     def __init__(self, manager: tf.train.CheckpointManager) -> None:
         super().__init__()
@@ -97,7 +110,7 @@ def fit_resumable(
     if start % steps_per_epoch:
         raise ValueError(
             f"The checkpoint in {ckpt_dir} is at meta-step {start}, not a multiple of steps_per_epoch "
-            f"({steps_per_epoch}): resume with the steps_per_epoch the run was started with (its config.json), "
+            f"({steps_per_epoch}): resume with the steps_per_epoch the run was started with (e.g. in its config.json), "
             "or one that divides the checkpoint's step."
         )
     if start >= total_steps:

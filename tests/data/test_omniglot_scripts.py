@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 from tf_maml.recipes import omniglot
 
@@ -36,3 +39,19 @@ def test_batch_norm_mode_is_part_of_the_config(tmp_path):
     del legacy["batch_norm"]  # config.json of runs from before the setting existed
     (tmp_path / "config.json").write_text(json.dumps(legacy))
     assert omniglot.config_from_workdir(str(tmp_path)).batch_norm == "transductive"
+
+
+def test_rerunning_the_command_resumes_with_the_runs_own_settings(tmp_path):
+    config, workdir = omniglot.config_for_run("20way1shot", {"meta_steps": 400}, str(tmp_path / "run"))
+    assert workdir == str(tmp_path / "run") and config.ways == 20 and config.meta_steps == 400
+    assert omniglot.config_for_run("5way5shot", {})[1] == os.path.join("runs", "omniglot_5way5shot")
+    os.makedirs(workdir)
+    started = dataclasses.replace(config, steps_per_epoch=100)  # the preset has changed since the run began
+    (tmp_path / "run" / "config.json").write_text(json.dumps(dataclasses.asdict(started)))
+    resumed, _ = omniglot.config_for_run("20way1shot", {"meta_steps": 8000}, workdir)
+    assert resumed == dataclasses.replace(started, meta_steps=8000)
+    for preset, overrides, says in [("5way1shot", {}, "ways: asked 5, run has 20"),
+                                    ("20way1shot", {"batch_norm": "running"}, "batch_norm: asked 'running', run has 'transductive'"),
+                                    ("20way1shot", {"steps_per_epoch": 200}, "steps_per_epoch: asked 200, run has 100")]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            omniglot.config_for_run(preset, overrides, workdir)

@@ -64,3 +64,23 @@ def test_absent_dataset_offline_says_where(tmp_path):
         load_tfds_classes("mnist", data_dir=tmp_path, download=False)
     with pytest.raises(ValueError, match="no dataset named 'no_such_dataset'"):
         load_tfds_classes("no_such_dataset", data_dir=tmp_path, download=False)
+
+
+def test_unlabelled_examples_and_mixed_shapes_are_clear():
+    def unlabelled(self, split, **kwargs):
+        return tf.data.Dataset.from_tensor_slices({"image": np.zeros([4, 28, 28, 1], np.uint8),
+                                                   "label": np.array([0, 1, -1, -1])})
+
+    def mixed_sizes(self, split, **kwargs):
+        sizes = [28, 28, 20]
+        return tf.data.Dataset.from_generator(
+            lambda: ({"image": np.zeros([s, s, 1], np.uint8), "label": i % 2} for i, s in enumerate(sizes)),
+            output_signature={"image": tf.TensorSpec([None, None, 1], tf.uint8), "label": tf.TensorSpec([], tf.int64)})
+
+    with tfds.testing.mock_data(as_dataset_fn=unlabelled):
+        with pytest.raises(ValueError, match=r"2 unlabelled examples \(label -1\); use a labelled split"):
+            load_tfds_classes("mnist", "test")
+    with tfds.testing.mock_data(as_dataset_fn=mixed_sizes):
+        with pytest.raises(ValueError, match=r"differ in shape: pass image_size"):
+            load_tfds_classes("mnist")
+        assert load_tfds_classes("mnist", image_size=(16, 16)).images.flat_values.shape[1:] == (16, 16, 1)

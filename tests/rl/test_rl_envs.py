@@ -124,8 +124,14 @@ def test_ant_reward_by_hand(env_id):
 def test_parse_task_canonicalises_or_says_what_a_task_looks_like():
     assert parse_task("tf_maml/HalfCheetahVel-v0", '{"velocity": 1}') == {"velocity": 1.0}
     assert parse_task("tf_maml/AntDir-v0", {"direction": -1}) == {"direction": -1}
-    with pytest.raises(ValueError, match=r"direction must be -1 or 1"):
-        parse_task("tf_maml/HalfCheetahDir-v0", '{"direction": 0}')
+    assert parse_task("tf_maml/HalfCheetahDir-v0", '{"direction": 1.0}') == {"direction": 1}
+    for bad in ('{"direction": 0}', '{"direction": 1.5}', '{"direction": true}'):
+        with pytest.raises(ValueError, match=r"direction must be -1 or 1"):
+            parse_task("tf_maml/HalfCheetahDir-v0", bad)
+    with pytest.raises(ValueError, match=r"velocity must be a finite number"):
+        parse_task("tf_maml/HalfCheetahVel-v0", '{"velocity": NaN}')
+    with pytest.raises(ValueError, match=r"goal must have 2 finite coordinates"):
+        parse_task("tf_maml/Navigation2D-v0", '{"goal": [0.1, Infinity]}')
     with pytest.raises(ValueError, match=r"not a task of tf_maml/AntVel-v0 .*KeyError.*look like \{\"velocity\": "):
         parse_task("tf_maml/AntVel-v0", '{"speed": 1.0}')
     with pytest.raises(ValueError, match="a task is a JSON object"):

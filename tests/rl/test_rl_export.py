@@ -86,8 +86,18 @@ def test_cli_exports_a_policy_adapted_to_a_given_task(tmp_path, capsys):
         assert json.load(f)["task"] == {"goal": [0.3, -0.2]}
     for bad, says in [('{"velocity": 1.5}', r"not a task of tf_maml/Navigation2D-v0.*\{\"goal\": \["),
                       ("goal=0.3", "task must be JSON"),
-                      ('{"goal": [0.1, 0.2, 0.3]}', "goal must have 2 coordinates")]:
+                      ('{"goal": [0.1, 0.2, 0.3]}', "goal must have 2 finite coordinates")]:
         with pytest.raises(SystemExit):
             rl_export.main([*common, "--task", bad])
         assert re.search(says, capsys.readouterr().err), bad
     assert sorted(os.listdir(tmp_path / "models" / "nav")) == ["1"]  # failures exported nothing
+
+
+def test_diverged_adaptation_exports_nothing(tmp_path):
+    model = build_policy(2, 2, seed=0)
+    sampler = Sampler("tf_maml/Navigation2D-v0", model, num_envs=4)
+    with pytest.raises(FloatingPointError, match=r"non-finite policy parameters.*nothing was exported"):
+        rl_export.export_adapted_policy(model, policy_params(model), sampler, {"goal": [0.3, 0.3]}, str(tmp_path),
+                                        "nav", fast_lr=float("inf"), steps=1, n_traj=4)
+    assert not os.path.exists(tmp_path / "nav") or not os.listdir(tmp_path / "nav")
+    sampler.close()

@@ -89,8 +89,9 @@ def load_tfds_classes(
 ) -> TFDSClasses:
     """Read ``split`` of TFDS dataset ``name`` and group it by ``label_key``.
 
-    Images become float32 in [0, 1], resized to ``image_size`` if given (needed when their sizes
-    vary), then passed through ``preprocess`` (a graph function of one image) if given. ``download``
+    Integer images become float32 in [0, 1] (float images keep their values), resized to ``image_size``
+    if given (needed when their sizes vary), then passed through ``preprocess`` (a graph function of one
+    image) if given. Unlabelled examples (label −1, as in some test splits) are refused. ``download``
     works as in ``tfds.load``. Use classes of different splits (or a class split of your own over
     ``label_ids``) for meta-training and meta-testing so that they never share a class.
     """
@@ -110,11 +111,18 @@ def load_tfds_classes(
     try:
         parts = [(x.numpy(), y.numpy()) for x, y in ds]
     except tf.errors.InvalidArgumentError as err:
-        raise ValueError(f"Images of {name!r} differ in size; pass image_size=(height, width). ({err})") from err
+        if "shape" not in str(err).lower():
+            raise
+        raise ValueError(f"Images of {name!r} {split!r} differ in shape: pass image_size=(height, width) if their "
+                         "sizes vary, or a preprocess that gives them the same channels. "
+                         f"({str(err).splitlines()[0]})") from err
     if not parts:
         raise ValueError(f"Split {split!r} of {name!r} has no examples.")
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    if labels.min() < 0:
+        raise ValueError(f"Split {split!r} of {name!r} has {int((labels < 0).sum())} unlabelled examples (label "
+                         f"{int(labels.min())}); use a labelled split.")
     order = np.argsort(labels, kind="stable")
     ids, counts = np.unique(labels, return_counts=True)
     if np.all(counts == counts[0]):

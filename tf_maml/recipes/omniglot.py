@@ -14,7 +14,7 @@ from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omnigl
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
 from tf_maml.maml import MAML
 from tf_maml.models.convnets import omniglot_convnet
-from tf_maml.training import fit_resumable, read_budget, restore_latest
+from tf_maml.training import check_resume_settings, fit_resumable, read_budget, restore_latest
 
 
 @dataclasses.dataclass
@@ -52,6 +52,23 @@ PRESETS = {
     "20way1shot": OmniglotConfig(ways=20, meta_batch=16, inner_steps=5, inner_lr=0.1 * 20),
     "20way5shot": OmniglotConfig(ways=20, shots=5, meta_batch=16, inner_steps=5, inner_lr=0.1 * 20),
 }
+
+
+def config_for_run(preset: str, overrides: dict, workdir: str | None = None) -> tuple[OmniglotConfig, str]:
+    """The settings of a training run and its directory (default ``runs/<name>``).
+
+    A new run takes the preset with ``overrides``. An existing run (``config.json`` in its directory) keeps
+    its own settings, so rerunning the same command resumes it exactly; only ``meta_steps`` may change
+    (to extend it), and any other override or another preset that disagrees with the run is refused.
+    """
+    config = dataclasses.replace(PRESETS[preset], **overrides)
+    workdir = workdir or os.path.join("runs", config.name)
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        return config, workdir
+    saved = config_from_workdir(workdir)
+    asked = {"ways": config.ways, "shots": config.shots, **{k: v for k, v in overrides.items() if k != "meta_steps"}}
+    check_resume_settings(saved, asked, workdir, flag_hint="flags other than --meta-steps")
+    return dataclasses.replace(saved, meta_steps=overrides.get("meta_steps", saved.meta_steps)), workdir
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ import tempfile
 from typing import Any, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_maml.rl.envs.base import Task
@@ -123,6 +124,10 @@ def export_adapted_policy(
         later_lr=later_lr,
     )
     params = [p[0] for p in stacked]
+    if not all(np.all(np.isfinite(p.numpy())) for p in params):
+        raise FloatingPointError(f"Adapting to {task} gave non-finite policy parameters (returns by step: "
+                                 f"{[float(r[0]) for r in returns]}); nothing was exported. Lower fast_lr, or check the "
+                                 "env's rewards for this task.")
     # adaptation_returns also samples with the final policy; its return is recorded as metadata.
     meta = {
         "task": task,

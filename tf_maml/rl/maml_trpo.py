@@ -244,6 +244,7 @@ class MAMLTRPO:
         direction = conjugate_gradient(
             lambda v: self._fvp_fn(theta, v, pre, post, old_mean, old_log_std), grad, c.cg_iters
         )
+        self._check_finite(it + 1, {"natural-gradient direction": direction.numpy()})
         shs = 0.5 * float(tf.reduce_sum(direction * self._fvp_fn(theta, direction, pre, post, old_mean, old_log_std)))
         full_step = direction / np.sqrt(max(shs, 1e-12) / c.max_kl)
 
@@ -281,7 +282,8 @@ class MAMLTRPO:
             raise FloatingPointError(
                 f"Meta-iteration {iteration}: {', '.join(bad)} not finite. The policy was not updated"
                 + (f" and the last checkpoint ({saved}) is intact" if saved else "")
-                + ". Check the env's rewards for NaN/inf, or lower fast_lr (the inner step may diverge)."
+                + ". Check the env's rewards for NaN/inf; if the inner step diverges, start a new run (another "
+                "logdir) with a lower fast_lr (resuming repeats the same samples)."
             )
 
     def _log(self, metrics: dict) -> None:

@@ -20,7 +20,10 @@ class _VelocityTask(TaskMixin):
         return {"velocity": float(rng.uniform(*self.velocity_range))}
 
     def _validate_task(self, task: Task) -> Task:
-        return {"velocity": float(task["velocity"])}
+        velocity = float(task["velocity"])
+        if not np.isfinite(velocity):
+            raise ValueError(f"velocity must be a finite number, got {task['velocity']!r}")
+        return {"velocity": velocity}
 
     def _forward_term(self, x_velocity: float) -> float:
         return -abs(x_velocity - self._task["velocity"])
@@ -31,10 +34,10 @@ class _DirectionTask(TaskMixin):
         return {"direction": int(rng.choice([-1, 1]))}
 
     def _validate_task(self, task: Task) -> Task:
-        direction = int(task["direction"])
-        if direction not in (-1, 1):
-            raise ValueError(f"direction must be -1 or 1, got {task['direction']!r}")
-        return {"direction": direction}
+        direction = task["direction"]
+        if isinstance(direction, bool) or direction not in (-1, 1):  # 1.0 is 1; 1.5 and True are not
+            raise ValueError(f"direction must be -1 or 1, got {direction!r}")
+        return {"direction": int(direction)}
 
     def _forward_term(self, x_velocity: float) -> float:
         return self._task["direction"] * x_velocity

@@ -31,8 +31,8 @@ class Navigation2DEnv(TaskMixin, gym.Env):
 
     def _validate_task(self, task: Task) -> Task:
         goal = np.asarray(task["goal"], dtype=np.float64)
-        if goal.shape != (2,):
-            raise ValueError(f"goal must have 2 coordinates, got {task['goal']!r}")
+        if goal.shape != (2,) or not np.all(np.isfinite(goal)):
+            raise ValueError(f"goal must have 2 finite coordinates, got {task['goal']!r}")
         self._goal = goal
         return {"goal": [float(x) for x in goal]}
 
