@@ -8,7 +8,6 @@ with per-task parameters (post-update sampling uses a different adapted policy f
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
