@@ -73,3 +73,16 @@ def test_shipped_adapted_navigation_policy_walks_towards_its_goal():
     assert info["distance"] < 0.5 * start and total > 0.5 * (-100 * start), (total, start, info)  # 100 steps standing still
     returns = read_metadata(version)["returns_by_step"]
     assert returns[-1] > returns[0] + 10, returns  # adaptation improved the sampled return, as recorded at export
+
+
+def test_serving_config_lists_exactly_the_shipped_models():
+    """saved_models/models.config (for ``tensorflow/serving -v $PWD/saved_models:/models``) is in sync."""
+    import re
+
+    text = (REPO / "saved_models" / "models.config").read_text()
+    entries = re.findall(r'config \{ name: "([^"]+)"\s+base_path: "/models/([^"]+)"\s+model_platform: "tensorflow" \}', text)
+    assert text.count("config {") == len(entries) and all(name == path for name, path in entries)
+    shipped = {p.name for p in (REPO / "saved_models").iterdir() if p.is_dir()}
+    assert {name for name, _ in entries} == shipped
+    for name in shipped:
+        assert resolve_version_dir(str(REPO / "saved_models" / name))  # a numbered version is there

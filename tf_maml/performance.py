@@ -51,8 +51,8 @@ def run_tasks_in_parallel(threads: int | None = None) -> None:
     A task's ops are small (five 28×28 images through a 64-channel conv), too small to split across
     cores well, while the tasks of a meta-batch are independent: with ``task_execution="loop"`` each is
     its own function call, which the executor runs concurrently. On 2 cores this cut the Omniglot
-    5-way 1-shot second-order meta-step from 0.51 to 0.19 s and 20-way 1-shot from 1.47 to 1.13 s
-    (BENCHMARKS.md). Must run before TensorFlow executes its first op.
+    5-way 1-shot second-order meta-step from 426 to 221 ms and 20-way 1-shot from 1405 to 955 ms
+    (BENCHMARKS.md, same run). Must run before TensorFlow executes its first op.
     """
     inter = threads or usable_cores()
     try:
