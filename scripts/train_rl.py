@@ -31,8 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
 
-    from tf_maml.rl.maml_trpo import MAMLTRPO, MAMLTRPOConfig
-    from tf_maml.training import check_resume_settings
+    from tf_maml.rl.maml_trpo import MAMLTRPO
 
     overrides = dict(
         meta_batch_size=args.meta_batch_size,
@@ -45,19 +44,11 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     config = preset(args.env, **overrides)
-    config_path = os.path.join(args.logdir, "config.json")
-    if os.path.exists(config_path):  # resume with the run's own settings, if the flags agree with them
-        with open(config_path) as f:
-            saved = MAMLTRPOConfig.from_json(f.read())
-        asked = {"env_id": config.env_id, **{k: v for k, v in overrides.items() if v is not None}}
-        try:
-            check_resume_settings(saved, asked, args.logdir)
-        except ValueError as err:
-            p.error(str(err))
-        learner = MAMLTRPO.from_logdir(args.logdir)
-        learner.sampler.progress = args.progress
-    else:
-        learner = MAMLTRPO(config, args.logdir, progress=args.progress)
+    asked = {"env_id": config.env_id, **{k: v for k, v in overrides.items() if v is not None}}
+    try:  # an existing run resumes with its own settings, if the flags agree with them
+        learner = MAMLTRPO.for_run(config, args.logdir, asked, progress=args.progress)
+    except ValueError as err:
+        p.error(str(err))
     start = int(learner.iteration.numpy())
     if start:
         print(f"resuming from iteration {start}", flush=True)

@@ -27,6 +27,7 @@ from tf_maml.rl.advantages import task_advantages
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
 from tf_maml.rl.sampler import Sampler, TrajectoryBatch
 from tf_maml.rl.trpo import backtracking_line_search, conjugate_gradient, flatten, hessian_vector_product, unflatten
+from tf_maml.training import check_resume_settings
 
 
 class PGData(NamedTuple):
@@ -156,6 +157,18 @@ class MAMLTRPO:
         self._loss_kl_fn = tf.function(self._loss_kl, reduce_retracing=True)
         self._loss_grad_fn = tf.function(self._loss_grad, reduce_retracing=True)
         self._fvp_fn = tf.function(self._fvp, reduce_retracing=True)
+
+    @classmethod
+    def for_run(cls, config: MAMLTRPOConfig, logdir: str, asked: dict, progress: bool = False) -> "MAMLTRPO":
+        """A new run of ``config`` in ``logdir``, or the run already there with its own settings, which must
+        agree with the ``asked`` ones (ValueError saying which differ, before anything is touched)."""
+        config_path = os.path.join(logdir, "config.json")
+        if not os.path.exists(config_path):
+            return cls(config, logdir, progress=progress)
+        with open(config_path) as f:
+            saved = MAMLTRPOConfig.from_json(f.read())
+        check_resume_settings(saved, asked, logdir)
+        return cls(saved, logdir, progress=progress)
 
     @classmethod
     def from_logdir(cls, logdir: str, **overrides) -> "MAMLTRPO":
