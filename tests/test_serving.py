@@ -332,3 +332,16 @@ def test_export_script_from_keras_file_and_checkpoint(tmp_path, monkeypatch, cap
     np.testing.assert_allclose(got, adapted_reference(maml, sx, sy, qx, 3), atol=TOL, rtol=0)
     adapted = tf.saved_model.load(adapted_dir).signatures["serving_default"](inputs=qx)["predictions"].numpy()
     np.testing.assert_allclose(adapted, adapted_reference(maml, sx, sy, qx, 2), atol=TOL, rtol=0)
+
+
+def test_source_paths_in_metadata_do_not_leak_the_training_machines_directories(tmp_path, monkeypatch):
+    """A shipped export names its checkpoint as ``runs/...`` (portable), not as an absolute home path."""
+    (tmp_path / "project" / "runs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "project")
+    assert serving.source_path("runs/x/checkpoints") == os.path.join("runs", "x", "checkpoints")
+    assert serving.source_path(str(tmp_path / "project" / "runs" / "x")) == os.path.join("runs", "x")
+    assert serving.source_path("../elsewhere/model.keras") == str(tmp_path / "elsewhere" / "model.keras")
+    for name in ("omniglot_5way1shot", "omniglot_20way1shot", "sinusoid"):
+        meta = serving.read_metadata(str(REPO / "saved_models" / name))
+        sources = [v for k, v in meta.items() if k.startswith("source_")]
+        assert sources and not any(os.path.isabs(p) for p in sources), (name, sources)

@@ -98,6 +98,14 @@ def write_version(base_dir: str, name: str, write: Callable[[str], None]) -> str
 
 
 # ------------------------------------------------------------------------------------ metadata
+def source_path(path: str) -> str:
+    """A provenance path for metadata: relative to the working directory when it lies inside it (so a
+    shipped export names ``runs/...`` rather than a home directory of the training machine), else absolute."""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute)
+    return absolute if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
+
+
 def _jsonable(value):
     if isinstance(value, (np.generic,)):
         return value.item()
@@ -409,10 +417,10 @@ def export_from_file(
     if not isinstance(maml, MAML):
         if adapt_support or checkpoint:
             raise TypeError(f"{keras_path} holds a {type(maml).__name__}, not a tf_maml.MAML.")
-        return export_model(maml, base_dir, name, {"source_keras": os.path.abspath(keras_path), **(metadata or {})})
-    source: dict[str, Any] = {"source_keras": os.path.abspath(keras_path)}
+        return export_model(maml, base_dir, name, {"source_keras": source_path(keras_path), **(metadata or {})})
+    source: dict[str, Any] = {"source_keras": source_path(keras_path)}
     if checkpoint:
-        source["source_checkpoint"] = os.path.abspath(checkpoint)
+        source["source_checkpoint"] = source_path(checkpoint)
         source["meta_steps_trained"] = restore_checkpoint(maml, checkpoint)
     meta = {**source, **(metadata or {})}
     if adapt_support:
@@ -421,6 +429,6 @@ def export_from_file(
             if missing:
                 raise KeyError(f"{adapt_support} lacks {sorted(missing)}; it holds {data.files}.")
             sx, sy = data["support_x"], data["support_y"]
-        meta["adapted_on"] = os.path.abspath(adapt_support)
+        meta["adapted_on"] = source_path(adapt_support)
         return export_adapted(maml, sx, sy, base_dir, name, steps=steps, metadata=meta)
     return export_meta_learner(maml, base_dir, name, metadata=meta, steps=steps)

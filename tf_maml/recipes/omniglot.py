@@ -157,7 +157,7 @@ def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | N
            name: str | None = None) -> str:
     """Export the newest checkpoint of ``workdir`` as a served meta-learner, with metadata listing the
     meta-test classes (TFDS label ids; each also appears rotated by 90/180/270°) and the budget spent."""
-    from tf_maml.serving import export_meta_learner
+    from tf_maml.serving import export_meta_learner, source_path
 
     maml, config = load_for_evaluation(workdir=workdir)
     budget = read_budget(os.path.join(workdir, "budget.json"))
@@ -172,7 +172,7 @@ def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | N
         "training": {**budget, "paper_meta_steps": 60_000},
         "meta_test_tfds_label_ids": sorted(int(i) for i in data.meta_test.label_ids),
         "meta_test_rotations": data.meta_test.rotations,
-        "source_checkpoint": os.path.abspath(os.path.join(workdir, "checkpoints")),
+        "source_checkpoint": source_path(os.path.join(workdir, "checkpoints")),
     }
     if results is not None:
         metadata["meta_test_accuracy"] = results

@@ -118,7 +118,7 @@ def export(workdir: str, base_dir: str, config: SinusoidConfig, name: str = "sin
     """Export the meta-learner trained in ``workdir`` for TF Serving (``adapt_and_predict`` included)."""
     import tensorflow as tf
 
-    from tf_maml.serving import export_meta_learner
+    from tf_maml.serving import export_meta_learner, source_path
 
     maml = keras.models.load_model(os.path.join(workdir, "maml.keras"))
     with open(os.path.join(workdir, "results.json")) as f:
@@ -129,7 +129,7 @@ def export(workdir: str, base_dir: str, config: SinusoidConfig, name: str = "sin
         "config": dataclasses.asdict(config),
         "training": {"meta_steps": results["meta_steps_done"], "wall_seconds": results["train_seconds"]},
         "held_out_mse": results["maml"],
-        "source_keras": os.path.abspath(os.path.join(workdir, "maml.keras")),
+        "source_keras": source_path(os.path.join(workdir, "maml.keras")),
     }
     return export_meta_learner(maml, base_dir, name, metadata=metadata,
                                support_y_spec=tf.TensorSpec([None, 1], tf.float32))
