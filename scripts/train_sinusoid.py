@@ -2,7 +2,6 @@
 """Meta-train MAML on sinusoid regression (Finn et al. 2017, section 5.1), evaluate it and plot Figure 2."""
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -16,7 +15,8 @@ from tf_maml.recipes import sinusoid  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", choices=sorted(sinusoid.PRESETS), default="paper")
-    parser.add_argument("--workdir", default="runs/sinusoid")
+    parser.add_argument("--workdir", help="run directory (default runs/sinusoid_<preset>); rerunning resumes it "
+                                          "with its own settings (only --meta-steps may change)")
     parser.add_argument("--shots", type=int, help="K support (and query) points per task: 5, 10 or 20")
     parser.add_argument("--meta-steps", type=int)
     parser.add_argument("--first-order", action="store_true")
@@ -27,14 +27,14 @@ def main() -> None:
     overrides = {k: v for k, v in (("shots", args.shots), ("meta_steps", args.meta_steps), ("seed", args.seed)) if v is not None}
     if args.first_order:
         overrides["first_order"] = True
-    config = dataclasses.replace(sinusoid.PRESETS[args.preset], **overrides)
-    results = sinusoid.run(config, args.workdir)
+    config, workdir = sinusoid.config_for_run(args.preset, overrides, args.workdir)
+    results = sinusoid.run(config, workdir)
     if args.export:
-        results["export"] = sinusoid.export(args.workdir, args.export, config)
+        results["export"] = sinusoid.export(workdir, args.export)
     print(json.dumps({k: results[k] for k in ("maml", "pretrained", "train_seconds")}, indent=2))
     print(f"Figure:      {results['figure']}")
-    print(f"TensorBoard: tensorboard --logdir {os.path.join(args.workdir, 'logs')}")
-    print(f"Meta-learner: {os.path.join(args.workdir, 'maml.keras')}")
+    print(f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'logs')}")
+    print(f"Meta-learner: {os.path.join(workdir, 'maml.keras')}")
     if args.export:
         print(f"Exported:    {results['export']}")
 

@@ -75,19 +75,49 @@ def test_frozen_layers_stay_at_theta_in_the_inner_loop():
 
 def test_zero_inner_steps_is_plain_training_on_the_query_set():
     maml = MAML(sinusoid_mlp(seed=5), inner_steps=0)
-    maml.compile(optimizer="adam", loss="mse")
+    maml.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     batch, _ = sample_sinusoid_tasks([7, 8], 4, 10, 10)
-    pred = maml.predict_after_adaptation(*batch[:3], steps=(0,))[0]
-    np.testing.assert_allclose(pred, maml.model.predict(tf.reshape(batch[2], [-1, 1]), verbose=0).reshape(4, 10, 1), atol=1e-5)
+    qx, qy = tf.reshape(batch[2], [-1, 1]), tf.reshape(batch[3], [-1, 1])
+    theta = [v.numpy() for v in maml.model.trainable_variables]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(maml.model(qx) - qy))
+    grads = tape.gradient(loss, maml.model.trainable_variables)
+    maml.fit(tf.data.Dataset.from_tensors(tuple(batch)), verbose=0)
+    for v, t, g in zip(maml.model.trainable_variables, theta, grads):
+        np.testing.assert_allclose(v.numpy(), t - 0.1 * g.numpy(), atol=1e-6)
+
+
+def bn_model(dropout: float = 0.0, batch_norm: bool = True) -> keras.Model:
+    inputs = keras.Input(shape=(1,))
+    h = keras.layers.Dense(8)(inputs)
+    if batch_norm:
+        h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Dropout(dropout)(keras.layers.ReLU()(h))
+    return keras.Model(inputs, keras.layers.Dense(1)(h))
+
+
+def test_predict_uses_the_batch_statistics_that_evaluation_and_serving_use():
+    """Transductive BN: ``maml.predict`` (θ, no adaptation) equals the 0-step prediction of evaluation, and
+    leaves the moving statistics alone; a model without batch norm predicts in inference mode (no dropout)."""
+    maml = MAML(bn_model(), batch_norm="transductive")
+    maml.compile(optimizer="adam", loss="mse")
+    (sx, sy, qx, _), _ = sample_sinusoid_tasks([9, 1], 1, 10, 10)
+    before = maml.model.get_layer("bn").moving_mean.numpy().copy()
+    got = maml.predict(qx[0].numpy() * 3.0 + 1.0, verbose=0)
+    want = maml.predict_after_adaptation(sx, sy, qx * 3.0 + 1.0, steps=(0,))[0, 0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got, maml.model(qx[0] * 3.0 + 1.0, training=False), atol=1e-3)  # not the 0/1 stats
+    np.testing.assert_array_equal(maml.model.get_layer("bn").moving_mean.numpy(), before)
+
+    dropout = MAML(bn_model(dropout=0.5, batch_norm=False))
+    dropout.compile(optimizer="adam", loss="mse")
+    assert not dropout.batch_statistics_at_inference
+    first = dropout.predict_after_adaptation(sx, sy, qx, steps=(0, 1))
+    np.testing.assert_array_equal(first, dropout.predict_after_adaptation(sx, sy, qx, steps=(0, 1)))
+    np.testing.assert_allclose(first[0, 0], dropout.model(qx[0], training=False), atol=1e-5)
 
 
 def test_running_batch_norm_statistics_update_only_in_running_mode():
-    def bn_model():
-        inputs = keras.Input(shape=(1,))
-        h = keras.layers.Dense(8)(inputs)
-        h = keras.layers.BatchNormalization(name="bn")(h)
-        return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.ReLU()(h)))
-
     data = sinusoid_episodes(4, 10, seed=1)
     for mode, should_change in (("transductive", False), ("running", True)):
         model = bn_model()
@@ -97,3 +127,15 @@ def test_running_batch_norm_statistics_update_only_in_running_mode():
         maml.fit(data, steps_per_epoch=3, verbose=0)
         moved = np.abs(model.get_layer("bn").moving_mean.numpy() - before).max()
         assert (moved > 0) == should_change, (mode, moved)
+
+
+def test_scores_cover_distinct_tasks_even_when_a_step_count_repeats():
+    maml = MAML(sinusoid_mlp(seed=2), inner_lr=0.01)
+    maml.compile(loss="mse")
+    test = sinusoid_episodes(5, 10, seed=3)
+    once = scores_after_adaptation(maml, test, (0, 1), task_mse, tasks=10)
+    twice = scores_after_adaptation(maml, test, (1, 0, 1), task_mse, tasks=10)
+    assert sorted(twice) == [0, 1]
+    for s in (0, 1):
+        assert len(np.unique(twice[s])) == 10  # ten different tasks, none counted twice
+        np.testing.assert_allclose(twice[s], once[s], rtol=1e-6)

@@ -332,6 +332,11 @@ def test_export_script_from_keras_file_and_checkpoint(tmp_path, monkeypatch, cap
     np.testing.assert_allclose(got, adapted_reference(maml, sx, sy, qx, 3), atol=TOL, rtol=0)
     adapted = tf.saved_model.load(adapted_dir).signatures["serving_default"](inputs=qx)["predictions"].numpy()
     np.testing.assert_allclose(adapted, adapted_reference(maml, sx, sy, qx, 2), atol=TOL, rtol=0)
+    plain = tmp_path / "plain.keras"
+    maml.model.save(plain)
+    with pytest.raises(TypeError, match="--steps apply only to a saved MAML"):
+        serving.export_from_file(str(plain), str(base), "plain", steps=2)  # not silently ignored
+    assert not (base / "plain").exists()
 
 
 def test_source_paths_in_metadata_do_not_leak_the_training_machines_directories(tmp_path, monkeypatch):

@@ -36,14 +36,14 @@ def scores_after_adaptation(
     tasks: int,
 ) -> dict[int, np.ndarray]:
     """Per-task scores of ``maml`` after each step count, over at least ``tasks`` tasks from ``episodes``."""
+    steps = sorted(set(int(s) for s in steps))  # a repeated count would count each task twice
     collected: dict[int, list[np.ndarray]] = {s: [] for s in steps}
     seen = 0
     for batch in episodes:
         sx, sy, qx, qy = as_episode_batch(batch)
         preds = maml.predict_after_adaptation(sx, sy, qx, steps=steps)
-        ordered = sorted(set(steps))
-        for s in steps:
-            collected[s].append(score(preds[ordered.index(s)], tf.convert_to_tensor(qy).numpy()))
+        for i, s in enumerate(steps):
+            collected[s].append(score(preds[i], tf.convert_to_tensor(qy).numpy()))
         seen += int(sx.shape[0])
         if seen >= tasks:
             break

@@ -28,7 +28,8 @@ class MAML(keras.Model):
         model: a built Keras model; its trainable weights are θ, the initialisation that is meta-learned.
         inner_lr: the inner-loop step size α.
         inner_steps: gradient steps on the support set during meta-training.
-        eval_inner_steps: steps during ``evaluate``/``adapt`` (the paper: 1 at meta-train, 10 at meta-test).
+        eval_inner_steps: steps during ``evaluate``/``adapt`` (default ``inner_steps``; the paper's reference
+            code takes 10 at meta-test).
         first_order: treat the inner gradients as constants in the meta-gradient (FOMAML).
         learn_inner_lr: Meta-SGD: one learned step size per parameter element, trained with θ.
         adapt_layers: names of the layers adapted in the inner loop (ANIL: only the head); the rest stay
@@ -102,8 +103,21 @@ class MAML(keras.Model):
 
     # ----------------------------------------------------------------------------------------- core
     def call(self, inputs, training=None):
-        """Predict with θ (no adaptation)."""
+        """Predict with θ (no adaptation). Transductive batch norm normalises with the batch's statistics
+        here too (as the inner loop and the exported ``serving_default`` do), without touching the
+        moving statistics; ``"running"`` follows ``training`` as Keras does."""
+        if self.batch_statistics_at_inference:
+            theta = [v.value for v in self.model.trainable_variables]
+            outputs, _, _ = inner_loop.functional_call(self.model, theta, inputs, True)
+            return outputs
         return self.model(inputs, training=training)
+
+    @property
+    def batch_statistics_at_inference(self) -> bool:
+        """Whether prediction, evaluation and serving run the model with ``training=True``: transductive batch
+        norm needs the batch's statistics, which Keras layers only use in training mode (so a model with
+        both batch norm and dropout also drops out there). Models without batch norm run in inference mode."""
+        return self.batch_norm == "transductive" and has_batch_norm(self.model)
 
     def _task_loss(self, y_true, y_pred):
         if self._compile_loss is None:
@@ -170,7 +184,7 @@ class MAML(keras.Model):
 
     def _episode_outputs(self, batch: EpisodeBatch, steps: int, training: bool, first_order: bool):
         """Per-task query loss before and after adaptation, adapted predictions and BN statistics."""
-        bn_training = training or self.batch_norm == "transductive"
+        bn_training = training or self.batch_statistics_at_inference
         n_nt = len(self.model.non_trainable_variables)
 
         def per_task(elems):
@@ -321,7 +335,7 @@ class MAML(keras.Model):
             raise ValueError(f"steps must be >= 0, got {steps}.")
         fn = self._prediction_fns.get(steps)
         if fn is None:
-            bn_training = self.batch_norm == "transductive"
+            bn_training = self.batch_statistics_at_inference
 
             @tf.function(reduce_retracing=True)
             def fn(sx, sy, qx):
@@ -343,7 +357,7 @@ class MAML(keras.Model):
         """Query predictions after ``steps`` inner steps on ONE task (no task axis). Traceable: the
         SavedModel's ``adapt_and_predict`` signature is this function."""
         steps = self.eval_inner_steps if steps is None else int(steps)
-        (pred,) = self._adapt_task(support_x, support_y, query_x, steps, self.batch_norm == "transductive",
+        (pred,) = self._adapt_task(support_x, support_y, query_x, steps, self.batch_statistics_at_inference,
                                    True, record_steps=(steps,))
         return pred
 
@@ -351,7 +365,7 @@ class MAML(keras.Model):
         """Adapt θ to one task (no task axis) and return an ordinary Keras model with the adapted weights."""
         steps = self.eval_inner_steps if steps is None else int(steps)
         batch = as_episode_batch((support_x[None], support_y[None], support_x[None], support_y[None]))
-        transductive = self.batch_norm == "transductive"
+        transductive = self.batch_statistics_at_inference
         params = self._adapt_task(
             batch.support_x[0], batch.support_y[0], batch.support_x[0], steps, transductive, first_order=True
         )

@@ -330,7 +330,7 @@ def export_meta_learner(
     y_spec = infer_support_y_spec(maml) if support_y_spec is None else support_y_spec
     y_spec = tf.TensorSpec(y_spec.shape, y_spec.dtype, name=SUPPORT_Y)
     x_spec = _input_spec(maml.model)
-    bn_training = maml.batch_norm == "transductive"
+    bn_training = maml.batch_statistics_at_inference
     model = maml.model
     meta = {**_maml_metadata(maml, steps, y_spec), "kind": "meta_learner", **(metadata or {})}
     in_spec, sx_spec, qx_spec = (tf.TensorSpec(x_spec.shape, x_spec.dtype, name=n) for n in (INPUTS, SUPPORT_X, QUERY_X))
@@ -415,8 +415,9 @@ def export_from_file(
     plain model."""
     maml = keras.models.load_model(keras_path)
     if not isinstance(maml, MAML):
-        if adapt_support or checkpoint:
-            raise TypeError(f"{keras_path} holds a {type(maml).__name__}, not a tf_maml.MAML.")
+        if adapt_support or checkpoint or steps is not None:
+            raise TypeError(f"{keras_path} holds a {type(maml).__name__}, not a tf_maml.MAML: --checkpoint, "
+                            "--adapt-support and --steps apply only to a saved MAML; export it without them.")
         return export_model(maml, base_dir, name, {"source_keras": source_path(keras_path), **(metadata or {})})
     source: dict[str, Any] = {"source_keras": source_path(keras_path)}
     if checkpoint:

@@ -6,15 +6,19 @@ exactly the batches an uninterrupted run would have seen: resume is exact, not a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import keras
 import tensorflow as tf
 
 from tf_maml.maml import MAML
+
+Config = TypeVar("Config")
+CONFIG_FILE = "config.json"
 
 
 def check_resume_settings(saved: object, asked: dict, where: str, flag_hint: str = "setting flags") -> None:
@@ -28,6 +32,33 @@ def check_resume_settings(saved: object, asked: dict, where: str, flag_hint: str
         listed = ", ".join(f"{k}: asked {a!r}, run has {b!r}" for k, (a, b) in differ.items())
         raise ValueError(f"{where} holds a run with other settings ({listed}). Resume it with its own settings "
                          f"(or no {flag_hint}), or start a new run in another directory.")
+
+
+def save_config(config, workdir: str) -> None:
+    """Record a run's settings (a dataclass) beside its checkpoints, so resuming can recover them."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
+
+
+def load_config(config_type: type[Config], workdir: str) -> Config:
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        return config_type(**json.load(f))
+
+
+def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequence[str] = ()) -> Config:
+    """The settings to train ``workdir`` with: ``config`` (a preset with ``overrides`` applied) for a new run;
+    for an existing run its own saved settings, so rerunning the same command resumes it exactly.
+
+    Only ``meta_steps`` may change on resume (to extend a run); an override, or a preset field named in
+    ``identity``, that disagrees with the saved run is refused by :func:`check_resume_settings`.
+    """
+    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+        return config
+    saved = load_config(type(config), workdir)
+    asked = {**{k: getattr(config, k) for k in identity}, **{k: v for k, v in overrides.items() if k != "meta_steps"}}
+    check_resume_settings(saved, asked, workdir, flag_hint="flags other than --meta-steps")
+    return dataclasses.replace(saved, meta_steps=overrides.get("meta_steps", saved.meta_steps))
 
 
 class _SaveCheckpoint(keras.callbacks.Callback):

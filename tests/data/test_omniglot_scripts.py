@@ -55,3 +55,44 @@ def test_rerunning_the_command_resumes_with_the_runs_own_settings(tmp_path):
                                     ("20way1shot", {"steps_per_epoch": 200}, "steps_per_epoch: asked 200, run has 100")]:
         with pytest.raises(ValueError, match=re.escape(says)):
             omniglot.config_for_run(preset, overrides, workdir)
+
+
+def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
+    """``train_omniglot.py``'s flags become the run's config (and its data flags reach the loader), and a
+    rerun with a disagreeing flag stops with the argparse error before loading data or training."""
+    import runpy
+
+    from tf_maml import performance
+
+    seen = {}
+    monkeypatch.setattr(performance, "set_graph_optimization", lambda level: seen.setdefault("graph", level))
+    monkeypatch.setattr(performance, "run_tasks_in_parallel", lambda: seen.setdefault("threads", True))
+    monkeypatch.setattr(omniglot, "load_classes", lambda args, split: seen.update(split=split, args=args) or "DATA")
+
+    def fake_train(config, workdir, data, verbose):
+        omniglot.training.save_config(config, workdir)
+        seen.update(config=config, workdir=workdir, data=data)
+        return "MAML"
+
+    monkeypatch.setattr(omniglot, "train", fake_train)
+    monkeypatch.setattr(omniglot, "evaluate", lambda maml, config, data, tasks, seed: {"tasks": tasks})
+    workdir = tmp_path / "run"
+    argv = ["train_omniglot.py", "--preset", "20way5shot", "--workdir", str(workdir), "--meta-steps", "300",
+            "--steps-per-epoch", "50", "--split", "tfds", "--first-order", "--batch-norm", "running",
+            "--offline", "--data-dir", str(tmp_path / "data"), "--eval-tasks", "7", "--graph-optimization", "off"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(os.path.join(ROOT, "scripts", "train_omniglot.py"), run_name="__main__")
+    c = seen["config"]
+    assert (c.ways, c.shots, c.meta_steps, c.steps_per_epoch, c.split, c.first_order, c.batch_norm) == (
+        20, 5, 300, 50, "tfds", True, "running")
+    assert seen["split"] == "tfds" and seen["args"].offline and seen["args"].data_dir == str(tmp_path / "data")
+    assert seen["graph"] == "off" and seen["threads"] and seen["data"] == "DATA"
+    assert json.loads((workdir / "eval.json").read_text()) == {"tasks": 7}
+
+    seen.clear()
+    monkeypatch.setattr(sys, "argv", ["train_omniglot.py", "--preset", "20way5shot", "--workdir", str(workdir),
+                                      "--batch-norm", "transductive"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(os.path.join(ROOT, "scripts", "train_omniglot.py"), run_name="__main__")
+    assert exit_info.value.code == 2 and "config" not in seen and "split" not in seen
+    assert "batch_norm: asked 'transductive', run has 'running'" in capsys.readouterr().err

@@ -85,6 +85,7 @@ def test_sampler_async_mujoco_with_termination():
     batch = sampler.sample(policy_params(model), tasks, n_traj=1, seed=0)
     assert batch.obs.shape == (2, 1, 200, 105)
     m = batch.mask
+    assert (m[..., -1] == 0).any() and (m[..., 0] == 1).all()  # some episode really terminated early
     assert np.all(np.diff(m, axis=-1) <= 0)  # once done, masked for the rest of the horizon
     assert np.all(batch.rewards[m == 0] == 0)
     sampler.close()

@@ -112,3 +112,31 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
         assert re.search(says, capsys.readouterr().err)
     train_rl.main(["--env", "navigation2d", "--meta-batch-size", "2", "--iterations", "1", "--logdir", logdir])
     assert "it    1" in capsys.readouterr().out
+
+
+def test_unfinished_runs_are_not_evaluated_and_a_lost_iteration_is_logged_once(tmp_path, monkeypatch):
+    config = preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=4, seed=3)
+    logdir = str(tmp_path / "run")
+    learner = MAMLTRPO(config, logdir)
+    # A run that crashed before its first checkpoint would otherwise evaluate as a random policy.
+    with pytest.raises(FileNotFoundError, match="no checkpoint.*Train it first"):
+        MAMLTRPO.from_logdir(logdir)
+    with pytest.raises(FileNotFoundError, match="not a train_rl.py run"):
+        MAMLTRPO.from_logdir(str(tmp_path / "elsewhere"))
+
+    def crash():
+        raise OSError("disk full")
+
+    monkeypatch.setattr(learner, "save", crash)
+    with pytest.raises(OSError):
+        learner.train(1)
+    assert not os.path.exists(os.path.join(logdir, "metrics.jsonl"))  # the unsaved iteration is not logged
+    learner.close()
+    resumed = MAMLTRPO(config, logdir)
+    resumed.train(1)
+    lines = [json.loads(l) for l in open(os.path.join(logdir, "metrics.jsonl"))]
+    assert [m["iteration"] for m in lines] == [1]
+    restored = MAMLTRPO.from_logdir(logdir)
+    assert int(restored.iteration.numpy()) == 1
+    restored.close()
+    resumed.close()

@@ -221,6 +221,10 @@ def load_omniglot_classes(
     meta-validation. ``rotations`` (1 or 4) is applied to every split, as in the MAML reference code.
     Raises :class:`OmniglotNotFoundError` (saying where it looked and how to fix it) if the data is
     neither there nor obtainable.
+
+    The preprocessed characters are cached (``cache_dir``, default under ``~/.cache``) and read from there
+    on later calls whatever ``data_dir``/``download``/``manual_dir`` say: TFDS omniglot 3.0.0 is
+    checksummed, so every source gives the same arrays. ``cache=False`` reads the TFDS data every time.
     """
     if split not in ("paper", "tfds"):
         raise ValueError(f"split must be 'paper' or 'tfds', got {split!r}.")

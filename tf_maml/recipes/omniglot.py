@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 
 import keras
@@ -14,7 +13,8 @@ from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omnigl
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
 from tf_maml.maml import MAML
 from tf_maml.models.convnets import omniglot_convnet
-from tf_maml.training import check_resume_settings, fit_resumable, read_budget, restore_latest
+from tf_maml import training
+from tf_maml.training import fit_resumable, read_budget, restore_latest
 
 
 @dataclasses.dataclass
@@ -55,20 +55,11 @@ PRESETS = {
 
 
 def config_for_run(preset: str, overrides: dict, workdir: str | None = None) -> tuple[OmniglotConfig, str]:
-    """The settings of a training run and its directory (default ``runs/<name>``).
-
-    A new run takes the preset with ``overrides``. An existing run (``config.json`` in its directory) keeps
-    its own settings, so rerunning the same command resumes it exactly; only ``meta_steps`` may change
-    (to extend it), and any other override or another preset that disagrees with the run is refused.
-    """
+    """The settings of a training run and its directory (default ``runs/<name>``); an existing run keeps
+    its own settings (see :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused."""
     config = dataclasses.replace(PRESETS[preset], **overrides)
     workdir = workdir or os.path.join("runs", config.name)
-    if not os.path.exists(os.path.join(workdir, "config.json")):
-        return config, workdir
-    saved = config_from_workdir(workdir)
-    asked = {"ways": config.ways, "shots": config.shots, **{k: v for k, v in overrides.items() if k != "meta_steps"}}
-    check_resume_settings(saved, asked, workdir, flag_hint="flags other than --meta-steps")
-    return dataclasses.replace(saved, meta_steps=overrides.get("meta_steps", saved.meta_steps)), workdir
+    return training.config_for_run(config, overrides, workdir, identity=("ways", "shots")), workdir
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,8 +97,7 @@ def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = N
     os.makedirs(workdir, exist_ok=True)
     data = data or load_omniglot_classes(config.split, data_dir=data_dir, validation=True)
     maml = build_meta_learner(config)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
+    training.save_config(config, workdir)
     train_data = lambda start: episodes(config, data.meta_train, config.seed, start)  # noqa: E731
     val_batch = config.validation_tasks // config.meta_batch or 1
     fit_resumable(
@@ -133,8 +123,7 @@ def evaluate(maml: MAML, config: OmniglotConfig, data: OmniglotClasses, tasks: i
 
 
 def config_from_workdir(workdir: str) -> OmniglotConfig:
-    with open(os.path.join(workdir, "config.json")) as f:
-        return OmniglotConfig(**json.load(f))
+    return training.load_config(OmniglotConfig, workdir)
 
 
 def load_for_evaluation(workdir: str | None = None, saved_model: str | None = None) -> tuple[MAML, OmniglotConfig]:

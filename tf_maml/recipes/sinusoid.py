@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 
 import keras
 import numpy as np
@@ -15,7 +14,8 @@ from tf_maml.data.sinusoid import sample_sinusoid_tasks, sinusoid_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_mse
 from tf_maml.maml import MAML
 from tf_maml.models.mlp import sinusoid_mlp
-from tf_maml.training import fit_resumable
+from tf_maml import training
+from tf_maml.training import fit_resumable, read_budget
 
 
 @dataclasses.dataclass
@@ -35,12 +35,23 @@ class SinusoidConfig:
     seed: int = 0
     steps_per_execution: int = 100
 
+    def __post_init__(self) -> None:
+        self.eval_steps = tuple(self.eval_steps)  # a list after a JSON round trip
+
 
 PRESETS = {
     "paper": SinusoidConfig(),
     "demo": SinusoidConfig(meta_steps=15_000, steps_per_epoch=1_000),
     "smoke": SinusoidConfig(meta_steps=200, steps_per_epoch=100, eval_tasks=50),
 }
+
+
+def config_for_run(preset: str, overrides: dict, workdir: str | None = None) -> tuple[SinusoidConfig, str]:
+    """The settings of a run and its directory (default ``runs/sinusoid_<preset>``); an existing run keeps
+    its own settings (see :func:`tf_maml.training.config_for_run`)."""
+    workdir = workdir or os.path.join("runs", f"sinusoid_{preset}")
+    config = dataclasses.replace(PRESETS[preset], **overrides)
+    return training.config_for_run(config, overrides, workdir), workdir
 
 
 def build_meta_learner(config: SinusoidConfig) -> MAML:
@@ -56,15 +67,14 @@ def run(config: SinusoidConfig, workdir: str, verbose: int | str = 2) -> dict:
 
     Returns the results that are also written to ``workdir/results.json``.
     """
-    os.makedirs(workdir, exist_ok=True)
+    training.save_config(config, workdir)
     maml = build_meta_learner(config)
-    started = time.perf_counter()
     fit_resumable(
         maml,
         lambda start: sinusoid_episodes(config.meta_batch, config.shots, seed=config.seed, start_step=start),
         config.meta_steps, config.steps_per_epoch, workdir, verbose=verbose,
     )
-    train_seconds = time.perf_counter() - started
+    budget = read_budget(os.path.join(workdir, "budget.json"))  # summed over every session of the run
     maml.save(os.path.join(workdir, "maml.keras"))
 
     baseline = pretrain_on_all_tasks(sinusoid_mlp(seed=config.seed),
@@ -75,7 +85,7 @@ def run(config: SinusoidConfig, workdir: str, verbose: int | str = 2) -> dict:
 
     # Held-out tasks come from a seed that training never uses.
     held_out = sinusoid_episodes(100, config.shots, seed=config.seed + 10_000)
-    results = {"config": dataclasses.asdict(config), "train_seconds": round(train_seconds, 1),
+    results = {"config": dataclasses.asdict(config), "train_seconds": round(budget["wall_seconds"], 1),
                "meta_steps_done": int(maml.optimizer.iterations)}
     for label, learner in (("maml", maml), ("pretrained", baseline_maml)):
         scores = scores_after_adaptation(learner, held_out, config.eval_steps, task_mse, config.eval_tasks)
@@ -114,12 +124,14 @@ def plot_adaptation(maml: MAML, baseline: MAML, config: SinusoidConfig, path: st
     return path
 
 
-def export(workdir: str, base_dir: str, config: SinusoidConfig, name: str = "sinusoid") -> str:
-    """Export the meta-learner trained in ``workdir`` for TF Serving (``adapt_and_predict`` included)."""
+def export(workdir: str, base_dir: str, name: str = "sinusoid") -> str:
+    """Export the meta-learner trained in ``workdir`` for TF Serving (``adapt_and_predict`` included), with
+    the settings it was trained with."""
     import tensorflow as tf
 
     from tf_maml.serving import export_meta_learner, source_path
 
+    config = training.load_config(SinusoidConfig, workdir)
     maml = keras.models.load_model(os.path.join(workdir, "maml.keras"))
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)

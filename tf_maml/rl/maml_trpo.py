@@ -172,8 +172,17 @@ class MAMLTRPO:
 
     @classmethod
     def from_logdir(cls, logdir: str, **overrides) -> "MAMLTRPO":
-        """Rebuild from ``logdir/config.json`` and restore the latest checkpoint."""
-        with open(os.path.join(logdir, "config.json")) as f:
+        """Rebuild from ``logdir/config.json`` and restore the latest checkpoint (there must be one: evaluating
+        or exporting a run that never finished an iteration would silently use the random initialisation)."""
+        config_path = os.path.join(logdir, "config.json")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{config_path} not found: {logdir} is not a train_rl.py run directory.")
+        if tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")) is None:
+            raise FileNotFoundError(
+                f"{logdir} has no checkpoint: its run stopped before finishing a meta-iteration. Train it first "
+                f"(python scripts/train_rl.py ... --logdir {logdir}); nothing was evaluated or exported."
+            )
+        with open(config_path) as f:
             config = MAMLTRPOConfig.from_json(f.read())
         return cls(dataclasses.replace(config, **overrides), logdir)
 
@@ -243,8 +252,9 @@ class MAMLTRPO:
         post = to_pg_data(post_batch, c.gamma, c.gae_lambda)
         return tasks, pre_batch, pre, post_batch, post
 
-    def step(self) -> dict:
-        """One meta-iteration; updates the policy, the iteration counter, checkpoint and logs."""
+    def step(self, log: bool = True) -> dict:
+        """One meta-iteration: updates the policy and the iteration counter; logs the metrics (TensorBoard,
+        ``metrics.jsonl``) unless ``log=False`` (``train`` logs them once the checkpoint is saved)."""
         c = self.config
         it = int(self.iteration.numpy())
         t0 = time.time()
@@ -284,7 +294,8 @@ class MAMLTRPO:
             "seconds_sampling": t_sample,
             "seconds": time.time() - t0,
         }
-        self._log(metrics)
+        if log:
+            self._log(metrics)
         return metrics
 
     def _check_finite(self, iteration: int, values: dict[str, np.ndarray]) -> None:
@@ -317,10 +328,12 @@ class MAMLTRPO:
         """Run until ``iteration == iterations`` (so a resumed run continues, never repeats)."""
         history = []
         while int(self.iteration.numpy()) < iterations:
-            metrics = self.step()
+            metrics = self.step(log=False)
             history.append(metrics)
             if metrics["iteration"] % checkpoint_every == 0 or metrics["iteration"] == iterations:
                 self.save()
+            # Logged once saved: an iteration a crash loses is redone on resume and logged once, not twice.
+            self._log(metrics)
             if on_iteration is not None:
                 on_iteration(metrics)
         return history
