@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--logdir", required=True, help="MAML-TRPO run directory (config.json + checkpoints)")
     p.add_argument("--pretrained-logdir", help="run trained with --inner-steps 0")
     p.add_argument("--tasks", type=int, default=40)
-    p.add_argument("--n-traj", type=int, default=40, help="episodes per task and adaptation step")
+    p.add_argument("--n-traj", type=int, help="episodes per task and adaptation step (default: 4,000 steps' worth, "
+                                            "as in the paper's evaluation code: 40 for navigation, 20 for MuJoCo)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--fast-lr", type=float, help="first adaptation step's rate (default: the run's fast_lr)")
     p.add_argument("--later-lr", type=float,
@@ -46,12 +47,20 @@ def main(argv: list[str] | None = None) -> dict:
     later_lr = args.later_lr if args.later_lr is not None else fast_lr / 2
     sampler = learner.sampler
     tasks = sampler.sample_tasks(args.tasks, args.seed)
+    args.n_traj = args.n_traj or max(1, 4000 // sampler.horizon)
 
     policies = {"maml": policy_params(learner.model)}
     if args.pretrained_logdir:
         pre = MAMLTRPO.from_logdir(args.pretrained_logdir)
-        policies["pretrained"] = policy_params(pre.model)
         pre.close()
+        mismatched = {k: (getattr(pre.config, k), getattr(cfg, k)) for k in ("env_id", "hidden", "action_scaling")
+                      if getattr(pre.config, k) != getattr(cfg, k)}
+        if mismatched:
+            learner.close()
+            p.error(f"--pretrained-logdir {args.pretrained_logdir} is another problem than --logdir "
+                    + ", ".join(f"({k}: {a!r} vs {b!r})" for k, (a, b) in mismatched.items())
+                    + "; pass a pretrained run of the same task family and policy.")
+        policies["pretrained"] = policy_params(pre.model)
     if not args.no_random:
         rand = build_policy(sampler.obs_dim, sampler.act_dim, cfg.hidden, seed=args.seed + 1)
         policies["random"] = policy_params(rand)

@@ -113,10 +113,12 @@ def test_ant_reward_by_hand(env_id):
     _, r, term, _, _ = env.step(a)
     u = env.unwrapped
     v = (u.data.body(1).xpos[0] - xy0[0]) / u.dt
-    forward = -abs(v - task["velocity"]) if "velocity" in task else task["direction"] * v
+    # The MAML reference code's Ant (rllab ant_env_rand*): +1 on the velocity term, survive 0.05,
+    # control 0.5e-2 on the [-1, 1] action, contact 0.5e-3 on the clipped external forces.
+    forward = -abs(v - task["velocity"]) + 1.0 if "velocity" in task else task["direction"] * v
     contact = 5e-4 * np.sum(np.square(np.clip(u.data.cfrc_ext, -1, 1)))
     healthy = float(np.isfinite(u.state_vector()).all() and 0.2 <= u.state_vector()[2] <= 1.0)
-    expected = forward + healthy - 0.5 * np.sum(np.square(a)) - contact
+    expected = forward + 0.05 * healthy - 0.005 * np.sum(np.square(a)) - contact
     assert r == pytest.approx(expected, rel=1e-6, abs=1e-6)
     assert term == (healthy == 0.0)
 

@@ -97,12 +97,17 @@ def test_non_finite_rewards_stop_training_and_keep_the_checkpoint(tmp_path, monk
     learner.close()
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
+def load_script(name):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_rl", os.path.join(ROOT, "scripts", "train_rl.py"))
-    train_rl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_rl)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
+    train_rl = load_script("train_rl")
     logdir = str(tmp_path / "run")
     MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8), logdir).close()
     for flags, says in [(["--env", "halfcheetah-dir"], r"env_id: asked 'tf_maml/HalfCheetahDir-v0', run has 'tf_maml/Navigation2D-v0'"),
@@ -140,3 +145,25 @@ def test_unfinished_runs_are_not_evaluated_and_a_lost_iteration_is_logged_once(t
     assert int(restored.iteration.numpy()) == 1
     restored.close()
     resumed.close()
+
+
+def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_problem(tmp_path, capsys):
+    eval_rl = load_script("eval_rl")
+    runs = {"maml": (100, 100), "pretrained": (100, 100), "other": (8,)}
+    for name, hidden in runs.items():
+        inner = 0 if name == "pretrained" else 1
+        learner = MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=4, hidden=hidden,
+                                  inner_steps=inner), str(tmp_path / name))
+        learner.train(1)
+        learner.close()
+    out = tmp_path / "eval.json"
+    results = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "pretrained"),
+                            "--tasks", "2", "--steps", "1", "--no-random", "--json", str(out)])
+    assert results["n_traj"] == 40  # the paper's 4,000 steps per task at navigation's horizon of 100
+    saved = json.loads(out.read_text())
+    assert len(saved["returns"]) == 2 and len(saved["pretrained"]["returns"]) == 2 and saved["iteration"] == 1
+    assert all(np.isfinite(saved["returns"])) and saved["returns"] == saved["maml"]["returns"]
+    with pytest.raises(SystemExit):
+        eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "other"),
+                      "--tasks", "2", "--steps", "1", "--no-random"])
+    assert "hidden: (8,) vs (100, 100)" in capsys.readouterr().err

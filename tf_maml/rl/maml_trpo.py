@@ -88,7 +88,9 @@ class MAMLTRPOConfig:
     meta_batch_size: int = 20
     n_traj: int = 20
     fast_lr: float = 0.1
-    inner_steps: int = 1  # 0 = plain TRPO on the task mixture (the "pretrained" baseline)
+    # 0 = plain TRPO on the task mixture (the "pretrained" baseline). Steps beyond the first reuse the
+    # pre-update trajectories (the reference code samples anew after each step; evaluation here does too).
+    inner_steps: int = 1
     first_order: bool = False
     gamma: float = 0.99
     gae_lambda: float = 1.0

@@ -1,7 +1,13 @@
 """Locomotion task families on gymnasium's MuJoCo HalfCheetah-v5 and Ant-v5 (MAML paper, section 5.3).
 
-The physics, observations and cost terms are gymnasium's; only the forward term of the reward
-changes per task (target velocity or direction), which is what makes these meta-learning problems.
+The physics and observations are gymnasium's; the reward weights are the MAML reference code's (rllab's
+``half_cheetah_env_rand*`` and ``ant_env_rand*``), and the forward term changes per task (target velocity or
+direction), which is what makes these meta-learning problems. What differs from the paper's rllab
+environments, and so from its returns: gymnasium steps the simulation every 0.05 s (``frame_skip`` 5, as
+learn2learn and ProMP do) where rllab stepped every 0.01 s (cheetah) and 0.02 s (Ant), so the 200 steps of
+an episode span 10 s rather than 2-4 s; rllab's observations add the centre of mass (and the Ant's rotation
+matrix); gymnasium's reset noise is uniform ±0.1 where rllab's was N(0, 0.01). ``frame_skip`` can be passed
+to ``gym.make`` to change the step.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ class _VelocityTask(TaskMixin):
             raise ValueError(f"velocity must be a finite number, got {task['velocity']!r}")
         return {"velocity": velocity}
 
+    velocity_bonus: float = 0.0  # the reference Ant adds 1 ("make it happy, not suicidal"); the cheetah does not
+
     def _forward_term(self, x_velocity: float) -> float:
-        return -abs(x_velocity - self._task["velocity"])
+        return -abs(x_velocity - self._task["velocity"]) + self.velocity_bonus
 
 
 class _DirectionTask(TaskMixin):
@@ -66,10 +74,13 @@ class _CheetahTaskEnv(_TaskReset, HalfCheetahEnv):
 
 
 class _AntTaskEnv(_TaskReset, AntEnv):
-    """Ant-v5 with reward ``forward_term(v) + survive − control − contact`` (gymnasium's weights)."""
+    """Ant-v5 with reward ``forward_term(v) + 0.05 − 0.005‖a‖² − 5e-4‖clip(contact forces, −1, 1)‖²`` (the
+    MAML reference code's weights; gymnasium's own are 1.0 survive and 0.5 control, whose control cost at
+    the initial policy's std is ~100× the reference's and swamps the forward term)."""
 
-    def __init__(self, task: Task | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, task: Task | None = None, ctrl_cost_weight: float = 0.005, healthy_reward: float = 0.05,
+                 **kwargs) -> None:
+        super().__init__(ctrl_cost_weight=ctrl_cost_weight, healthy_reward=healthy_reward, **kwargs)
         self.task = task if task is not None else self._sample_task(np.random.default_rng(0))
 
     def _get_rew(self, x_velocity: float, action):
@@ -97,10 +108,11 @@ class HalfCheetahDirEnv(_DirectionTask, _CheetahTaskEnv):
 
 
 class AntVelEnv(_VelocityTask, _AntTaskEnv):
-    """Ant at a goal velocity v* ~ U[0, 3]."""
+    """Ant at a goal velocity v* ~ U[0, 3]: forward term −|v − v*| + 1."""
 
     velocity_range = (0.0, 3.0)
+    velocity_bonus = 1.0
 
 
 class AntDirEnv(_DirectionTask, _AntTaskEnv):
-    """Ant forward (+1) or backward (−1)."""
+    """Ant forward (+1) or backward (−1): forward term direction·v."""
