@@ -167,3 +167,29 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "other"),
                       "--tasks", "2", "--steps", "1", "--no-random"])
     assert "hidden: (8,) vs (100, 100)" in capsys.readouterr().err
+
+
+def test_each_inner_step_samples_its_own_trajectories():
+    """``inner_steps=2`` as in the reference code: step 2 adapts on episodes sampled with the step-1 policy,
+    not on the pre-update episodes again, and the meta-iteration trains through both steps."""
+    from tf_maml.rl.maml_trpo import inner_update, tile_params
+
+    config = preset("navigation2d", meta_batch_size=2, n_traj=3, num_envs=6, inner_steps=2, seed=4)
+    learner = MAMLTRPO(config)
+    tasks, pre_batch, pre, post_batch, post = learner.sample_meta_batch(0)
+    assert len(pre) == 2 and not np.allclose(pre[0].obs.numpy(), pre[1].obs.numpy())
+    np.testing.assert_array_equal(pre[0].obs.numpy(), pre_batch.obs)
+    one = inner_update(learner.model, tile_params(policy_params(learner.model), 2), pre[0], config.fast_lr, 1, False, True)
+    two = inner_update(learner.model, one, pre[1], config.fast_lr, 1, False, True)
+    for got, want in zip(learner._adapted_fn(learner.theta(), pre), two):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    # Reusing the pre-update episodes for step 2 (what this replaced) would give other parameters.
+    same_data_twice = inner_update(learner.model, one, pre[0], config.fast_lr, 1, False, True)
+    assert not np.allclose(flatten_all(two), flatten_all(same_data_twice))
+    metrics = learner.step()
+    assert np.isfinite(metrics["return_post"]) and metrics["kl"] <= config.max_kl + 1e-6
+    learner.close()
+
+
+def flatten_all(params):
+    return np.concatenate([np.ravel(p.numpy()) for p in params])

@@ -88,8 +88,7 @@ class MAMLTRPOConfig:
     meta_batch_size: int = 20
     n_traj: int = 20
     fast_lr: float = 0.1
-    # 0 = plain TRPO on the task mixture (the "pretrained" baseline). Steps beyond the first reuse the
-    # pre-update trajectories (the reference code samples anew after each step; evaluation here does too).
+    # 0 = plain TRPO on the task mixture (the "pretrained" baseline); each step samples its own trajectories.
     inner_steps: int = 1
     first_order: bool = False
     gamma: float = 0.99
@@ -190,21 +189,22 @@ class MAMLTRPO:
 
     # ---- differentiable pieces (flat θ in, so CG and the line search can work on vectors) ----
 
-    def _adapted(self, theta: tf.Tensor, pre: PGData) -> list[tf.Tensor]:
+    def _adapted(self, theta: tf.Tensor, pre: Sequence[PGData]) -> list[tf.Tensor]:
+        """θ adapted per task by one policy-gradient step on each batch of ``pre`` in turn (none: θ)."""
         c = self.config
-        stacked = tile_params(unflatten(theta, self._like), c.meta_batch_size)
-        if c.inner_steps == 0:
-            return stacked
-        return inner_update(self.model, stacked, pre, c.fast_lr, c.inner_steps, c.first_order, c.vectorize)
+        params = tile_params(unflatten(theta, self._like), c.meta_batch_size)
+        for data in pre:
+            params = inner_update(self.model, params, data, c.fast_lr, 1, c.first_order, c.vectorize)
+        return params
 
     def _post_dist(self, adapted: Sequence[tf.Tensor], obs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         out = per_task(lambda p, o: tf.concat(distribution(self.model, p, o), -1), adapted, (obs,), self.config.vectorize)
         return tf.split(out, 2, axis=-1)
 
-    def _old_dist(self, theta: tf.Tensor, pre: PGData, post: PGData) -> tuple[tf.Tensor, tf.Tensor]:
+    def _old_dist(self, theta: tf.Tensor, pre: Sequence[PGData], post: PGData) -> tuple[tf.Tensor, tf.Tensor]:
         return self._post_dist(self._adapted(theta, pre), post.obs)
 
-    def _loss_kl(self, theta, pre: PGData, post: PGData, old_mean, old_log_std) -> tuple[tf.Tensor, tf.Tensor]:
+    def _loss_kl(self, theta, pre: Sequence[PGData], post: PGData, old_mean, old_log_std) -> tuple[tf.Tensor, tf.Tensor]:
         """TRPO surrogate ``−E[π_θ'(a|s)/π_old(a|s) · A]`` and mean KL(π_old ‖ π_θ'), averaged over tasks."""
         mean, log_std = self._post_dist(self._adapted(theta, pre), post.obs)
         ratio = tf.exp(log_prob(mean, log_std, post.actions) - log_prob(old_mean, old_log_std, post.actions))
@@ -235,24 +235,31 @@ class MAMLTRPO:
             var.assign(value)
 
     def sample_meta_batch(self, iteration: int):
-        """Tasks, pre-update data and post-update batch for one iteration (seeded by the iteration)."""
+        """Tasks, the data of each inner step, and the post-update batch of one iteration (seeded by it).
+
+        As in the reference code, each inner step gets trajectories of its own, sampled with the policy that
+        step starts from; the first batch (θ's) is also returned for the pre-update return.
+        """
         c = self.config
         tasks = self.sampler.sample_tasks(c.meta_batch_size, _seed(c.seed, iteration, 0))
         theta = self.theta()
-        if c.inner_steps > 0:
-            pre_batch = self.sampler.sample(policy_params(self.model), tasks, c.n_traj, _seed(c.seed, iteration, 1))
-            self._check_finite(iteration + 1, {"pre-update rewards": pre_batch.rewards})
-            pre = to_pg_data(pre_batch, c.gamma, c.gae_lambda)
-            adapted = self._adapted_fn(theta, pre)
-            self._check_finite(iteration + 1, {"adapted parameters": flatten(adapted).numpy()})
-            post_batch = self.sampler.sample(adapted, tasks, c.n_traj, _seed(c.seed, iteration, 2), per_task_params=True)
-        else:
-            post_batch = self.sampler.sample(policy_params(self.model), tasks, c.n_traj, _seed(c.seed, iteration, 2))
-            pre_batch = post_batch
-            pre = to_pg_data(post_batch, c.gamma, c.gae_lambda)
+        pre: list[PGData] = []
+        pre_batch = None
+        params, adapted_per_task = policy_params(self.model), False
+        for k in range(c.inner_steps):
+            batch = self.sampler.sample(params, tasks, c.n_traj, _seed(c.seed, iteration, 1 if k == 0 else 2 + k),
+                                        per_task_params=adapted_per_task)
+            which = "pre-update" if k == 0 else f"step-{k + 1}"
+            self._check_finite(iteration + 1, {f"{which} rewards": batch.rewards})
+            pre.append(to_pg_data(batch, c.gamma, c.gae_lambda))
+            pre_batch = batch if pre_batch is None else pre_batch
+            params, adapted_per_task = self._adapted_fn(theta, tuple(pre)), True
+            self._check_finite(iteration + 1, {"adapted parameters": flatten(params).numpy()})
+        post_batch = self.sampler.sample(params, tasks, c.n_traj, _seed(c.seed, iteration, 2),
+                                         per_task_params=adapted_per_task)
         self._check_finite(iteration + 1, {"post-update rewards": post_batch.rewards})
         post = to_pg_data(post_batch, c.gamma, c.gae_lambda)
-        return tasks, pre_batch, pre, post_batch, post
+        return tasks, (post_batch if pre_batch is None else pre_batch), tuple(pre), post_batch, post
 
     def step(self, log: bool = True) -> dict:
         """One meta-iteration: updates the policy and the iteration counter; logs the metrics (TensorBoard,
