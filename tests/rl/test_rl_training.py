@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import tensorflow as tf
 import pytest
 
 from tf_maml.rl.evaluation import adaptation_returns
@@ -193,3 +194,25 @@ def test_each_inner_step_samples_its_own_trajectories():
 
 def flatten_all(params):
     return np.concatenate([np.ravel(p.numpy()) for p in params])
+
+
+def test_trust_region_kl_is_the_mean_over_all_post_update_steps():
+    """Tasks whose episodes end early weigh by their steps in the KL, as in the reference code's pooled mean."""
+    from tf_maml.rl.policy import kl_divergence
+
+    config = preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=4, seed=6)
+    learner = MAMLTRPO(config)
+    _, _, pre, _, post = learner.sample_meta_batch(0)
+    mask = post.mask.numpy()
+    mask[0, :, 10:] = 0.0  # task 0's episodes end after 10 steps
+    post = post._replace(mask=tf.constant(mask))
+    theta = learner.theta()
+    old_mean, old_log_std = learner._old_fn(theta, pre, post)
+    moved = theta + 0.01 * tf.random.stateless_normal(theta.shape, [1, 2])
+    _, kl = learner._loss_kl(moved, pre, post, old_mean, old_log_std)
+    mean, log_std = learner._old_fn(moved, pre, post)
+    per_step = kl_divergence(old_mean, old_log_std, mean, log_std).numpy()
+    pooled = (per_step * mask).sum() / mask.sum()
+    per_task = ((per_step * mask).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean()
+    assert float(kl) == pytest.approx(pooled, rel=1e-4) and abs(pooled - per_task) > 1e-3 * pooled
+    learner.close()

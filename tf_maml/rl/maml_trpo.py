@@ -205,13 +205,15 @@ class MAMLTRPO:
         return self._post_dist(self._adapted(theta, pre), post.obs)
 
     def _loss_kl(self, theta, pre: Sequence[PGData], post: PGData, old_mean, old_log_std) -> tuple[tf.Tensor, tf.Tensor]:
-        """TRPO surrogate ``−E[π_θ'(a|s)/π_old(a|s) · A]`` and mean KL(π_old ‖ π_θ'), averaged over tasks."""
+        """TRPO surrogate ``−E[π_θ'(a|s)/π_old(a|s) · A]`` (per task, averaged over tasks) and the mean
+        KL(π_old ‖ π_θ') over every post-update step of every task, as in the reference code (the two
+        differ from a per-task KL only where episodes end early)."""
         mean, log_std = self._post_dist(self._adapted(theta, pre), post.obs)
         ratio = tf.exp(log_prob(mean, log_std, post.actions) - log_prob(old_mean, old_log_std, post.actions))
         steps = tf.maximum(tf.reduce_sum(post.mask, axis=[1, 2]), 1.0)
         surrogate = -tf.reduce_sum(ratio * post.advantages * post.mask, axis=[1, 2]) / steps
-        kl = tf.reduce_sum(kl_divergence(old_mean, old_log_std, mean, log_std) * post.mask, axis=[1, 2]) / steps
-        return tf.reduce_mean(surrogate), tf.reduce_mean(kl)
+        kl = kl_divergence(old_mean, old_log_std, mean, log_std) * post.mask
+        return tf.reduce_mean(surrogate), tf.reduce_sum(kl) / tf.maximum(tf.reduce_sum(post.mask), 1.0)
 
     def _loss_grad(self, theta, pre, post, old_mean, old_log_std):
         with tf.GradientTape() as tape:
