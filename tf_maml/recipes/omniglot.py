@@ -8,12 +8,12 @@ import os
 
 import keras
 
+from tf_maml import training
 from tf_maml.callbacks import EpisodeImages
 from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omniglot_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
 from tf_maml.maml import MAML
 from tf_maml.models.convnets import omniglot_convnet
-from tf_maml import training
 from tf_maml.training import fit_resumable, read_budget, restore_latest
 
 

@@ -9,12 +9,12 @@ import os
 import keras
 import numpy as np
 
+from tf_maml import training
 from tf_maml.baselines import pretrain_on_all_tasks
 from tf_maml.data.sinusoid import sample_sinusoid_tasks, sinusoid_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_mse
 from tf_maml.maml import MAML
 from tf_maml.models.mlp import sinusoid_mlp
-from tf_maml import training
 from tf_maml.training import fit_resumable, read_budget
 
 
