@@ -22,12 +22,17 @@ class GaussianHead(keras.layers.Layer):
     """Appends a learned, state-independent log-std to the mean: ``[..., 2·act_dim]``.
 
     The log-std is a weight (not an input-dependent output), as in rllab's GaussianMLPPolicy, so the
-    inner update adapts exploration noise per task too.
+    inner update adapts exploration noise per task too. Like rllab's ``min_std``, the output is floored at
+    ``log(min_std)``: a fast learning rate can otherwise drive the std to zero, and with it the log-density
+    of the sampled actions to infinity.
     """
 
-    def __init__(self, init_log_std: float = 0.0, **kwargs) -> None:
+    def __init__(self, init_log_std: float = 0.0, min_std: float = 1e-6, **kwargs) -> None:
         super().__init__(**kwargs)
+        if not min_std > 0:
+            raise ValueError(f"min_std must be > 0, got {min_std!r}.")
         self.init_log_std = float(init_log_std)
+        self.min_std = float(min_std)
 
     def build(self, input_shape) -> None:
         self.log_std = self.add_weight(
@@ -38,11 +43,12 @@ class GaussianHead(keras.layers.Layer):
         )
 
     def call(self, mean):
-        log_std = keras.ops.broadcast_to(keras.ops.cast(self.log_std, mean.dtype), keras.ops.shape(mean))
+        log_std = keras.ops.maximum(keras.ops.cast(self.log_std, mean.dtype), math.log(self.min_std))
+        log_std = keras.ops.broadcast_to(log_std, keras.ops.shape(mean))
         return keras.ops.concatenate([mean, log_std], axis=-1)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "init_log_std": self.init_log_std}
+        return {**super().get_config(), "init_log_std": self.init_log_std, "min_std": self.min_std}
 
 
 def build_policy(
