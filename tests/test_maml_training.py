@@ -139,3 +139,11 @@ def test_scores_cover_distinct_tasks_even_when_a_step_count_repeats():
     for s in (0, 1):
         assert len(np.unique(twice[s])) == 10  # ten different tasks, none counted twice
         np.testing.assert_allclose(twice[s], once[s], rtol=1e-6)
+
+
+def test_fit_on_an_episode_dataset_does_not_warn_about_shuffling(recwarn):
+    """Episodes come sampled at random; Keras' default ``shuffle=True`` would only produce a warning."""
+    maml = MAML(sinusoid_mlp(seed=1), inner_lr=0.01)
+    maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    maml.fit(sinusoid_episodes(4, 5, seed=1), steps_per_epoch=2, epochs=1, verbose=0)
+    assert not [w for w in recwarn if "shuffle" in str(w.message)]

@@ -313,6 +313,8 @@ class MAML(keras.Model):
 
     def fit(self, x=None, *args, **kwargs):
         self._build_training_state(x)
+        if isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)  # episodes are sampled at random already; Keras warns otherwise
         try:
             return super().fit(x, *args, **kwargs)
         except tf.errors.InvalidArgumentError as err:
