@@ -19,6 +19,7 @@ CASES = [
     ("bench_memory.py", ["--quick"], "peak RSS", {"meta", "rows"}, "rows"),
     ("bench_episodes.py", ["--quick"], "episodes/s", {"data", "results"}, "results"),
     ("bench_serving.py", ["--quick", "--demo"], "p50 ms", {"environment", "results"}, "results"),
+    ("bench_trpo_update.py", ["--quick", "--no-torch"], "median ms", {"meta", "rows"}, "rows"),
 ]
 # Not run here: bench_rl.py (meta-RL; its quick mode starts environment worker processes and writes no JSON).
 NOT_RUN = {"bench_rl.py"}

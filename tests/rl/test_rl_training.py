@@ -207,10 +207,10 @@ def test_trust_region_kl_is_the_mean_over_all_post_update_steps():
     mask[0, :, 10:] = 0.0  # task 0's episodes end after 10 steps
     post = post._replace(mask=tf.constant(mask))
     theta = learner.theta()
-    old_mean, old_log_std = learner._old_fn(theta, pre, post)
+    old_mean, old_log_std = learner._old_dist(theta, pre, post)
     moved = theta + 0.01 * tf.random.stateless_normal(theta.shape, [1, 2])
     _, kl = learner._loss_kl(moved, pre, post, old_mean, old_log_std)
-    mean, log_std = learner._old_fn(moved, pre, post)
+    mean, log_std = learner._old_dist(moved, pre, post)
     per_step = kl_divergence(old_mean, old_log_std, mean, log_std).numpy()
     pooled = (per_step * mask).sum() / mask.sum()
     per_task = ((per_step * mask).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean()

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_maml.rl.trpo import backtracking_line_search, conjugate_gradient, flatten, hessian_vector_product, unflatten
+from tf_maml.rl.trpo import (
+    backtracking_line_search,
+    conjugate_gradient,
+    flatten,
+    hessian_vector_product,
+    natural_gradient,
+    unflatten,
+)
 
 
 def test_conjugate_gradient_solves_spd_system():
@@ -15,6 +22,38 @@ def test_conjugate_gradient_solves_spd_system():
     np.testing.assert_allclose(x.numpy(), np.linalg.solve(a, b), rtol=1e-6, atol=1e-8)
     x2 = conjugate_gradient(lambda v: tf.linalg.matvec(at, v), tf.constant(b), iterations=2)
     assert np.linalg.norm(x2.numpy() - np.linalg.solve(a, b)) > 1e-6  # truncated CG is approximate
+    # in a graph the loop is unrolled; iterations past convergence must leave the solution alone
+    in_graph = tf.function(lambda bb: conjugate_gradient(lambda v: tf.linalg.matvec(at, v), bb, iterations=30))
+    np.testing.assert_allclose(in_graph(tf.constant(b)).numpy(), np.linalg.solve(a, b), rtol=1e-6, atol=1e-8)
+    assert np.all(in_graph(tf.zeros(6, tf.float64)).numpy() == 0)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_natural_gradient_solves_the_damped_kl_hessian_system(compiled):
+    """One shared forward pass gives the loss gradient g and x = (H + d·I)⁻¹ g with H the KL's Hessian, here
+    checked against the exact Hessian of a small non-quadratic KL-like function (its Jacobian by tapes)."""
+    rng = np.random.default_rng(2)
+    theta = tf.constant(rng.normal(size=5))
+    w = tf.constant(rng.normal(size=(5, 5)))
+
+    def loss_and_kl(t):
+        loss = tf.reduce_sum(tf.sin(t) * tf.range(5, dtype=t.dtype))
+        return loss, 0.1 * tf.reduce_sum(tf.exp(tf.linalg.matvec(w, t))) + tf.reduce_sum(t**4)
+
+    fn = tf.function(natural_gradient) if compiled else natural_gradient
+    loss, grad, x, curvature = fn(loss_and_kl, theta, 5, 1e-3)
+    with tf.GradientTape() as outer:
+        outer.watch(theta)
+        with tf.GradientTape() as inner:
+            inner.watch(theta)
+            kl = loss_and_kl(theta)[1]
+        g_kl = inner.gradient(kl, theta)
+    hessian = outer.jacobian(g_kl, theta).numpy() + 1e-3 * np.eye(5)
+    g = np.arange(5) * np.cos(theta.numpy())
+    np.testing.assert_allclose(float(loss), loss_and_kl(theta)[0].numpy())
+    np.testing.assert_allclose(grad.numpy(), g, rtol=1e-10)
+    np.testing.assert_allclose(x.numpy(), np.linalg.solve(hessian, g), rtol=1e-6)  # 5 CG steps in 5 dimensions
+    np.testing.assert_allclose(float(curvature), x.numpy() @ hessian @ x.numpy(), rtol=1e-6)
 
 
 def test_hessian_vector_product_matches_finite_differences():

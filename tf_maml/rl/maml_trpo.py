@@ -26,7 +26,7 @@ from tf_maml.inner_loop import adapt
 from tf_maml.rl.advantages import task_advantages
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
 from tf_maml.rl.sampler import Sampler, TrajectoryBatch
-from tf_maml.rl.trpo import backtracking_line_search, conjugate_gradient, flatten, hessian_vector_product, unflatten
+from tf_maml.rl.trpo import backtracking_line_search, flatten, natural_gradient, unflatten
 from tf_maml.training import check_resume_settings
 
 
@@ -154,10 +154,8 @@ class MAMLTRPO:
             self.writer = tf.summary.create_file_writer(os.path.join(logdir, "tensorboard"))
         self._like = policy_params(self.model)
         self._adapted_fn = tf.function(self._adapted, reduce_retracing=True)
-        self._old_fn = tf.function(self._old_dist, reduce_retracing=True)
         self._loss_kl_fn = tf.function(self._loss_kl, reduce_retracing=True)
-        self._loss_grad_fn = tf.function(self._loss_grad, reduce_retracing=True)
-        self._fvp_fn = tf.function(self._fvp, reduce_retracing=True)
+        self._natural_gradient_fn = tf.function(self._natural_gradient, reduce_retracing=True)
 
     @classmethod
     def for_run(cls, config: MAMLTRPOConfig, logdir: str, asked: dict, progress: bool = False) -> "MAMLTRPO":
@@ -215,17 +213,15 @@ class MAMLTRPO:
         kl = kl_divergence(old_mean, old_log_std, mean, log_std) * post.mask
         return tf.reduce_mean(surrogate), tf.reduce_sum(kl) / tf.maximum(tf.reduce_sum(post.mask), 1.0)
 
-    def _loss_grad(self, theta, pre, post, old_mean, old_log_std):
-        with tf.GradientTape() as tape:
-            tape.watch(theta)
-            loss, kl = self._loss_kl(theta, pre, post, old_mean, old_log_std)
-        return loss, kl, tape.gradient(loss, theta)
-
-    def _fvp(self, theta, vector, pre, post, old_mean, old_log_std):
-        """``(∇²_θ KL + damping·I) v``: the Fisher-vector product through the inner update."""
-        kl_fn = lambda t: self._loss_kl(t[0], pre, post, old_mean, old_log_std)[1]
-        (hv,) = hessian_vector_product(kl_fn, [theta], [vector])
-        return hv + self.config.cg_damping * vector
+    def _natural_gradient(self, theta, pre, post):
+        """The sampling policy's post-update distributions, and TRPO's direction for the surrogate with the
+        KL's Hessian through the inner update (:func:`tf_maml.rl.trpo.natural_gradient`)."""
+        c = self.config
+        old_mean, old_log_std = (tf.stop_gradient(t) for t in self._old_dist(theta, pre, post))
+        loss, grad, direction, curvature = natural_gradient(
+            lambda t: self._loss_kl(t, pre, post, old_mean, old_log_std), theta, c.cg_iters, c.cg_damping
+        )
+        return old_mean, old_log_std, loss, grad, direction, curvature
 
     # ---- one meta-iteration ----
 
@@ -266,21 +262,34 @@ class MAMLTRPO:
     def step(self, log: bool = True) -> dict:
         """One meta-iteration: updates the policy and the iteration counter; logs the metrics (TensorBoard,
         ``metrics.jsonl``) unless ``log=False`` (``train`` logs them once the checkpoint is saved)."""
-        c = self.config
         it = int(self.iteration.numpy())
         t0 = time.time()
         tasks, pre_batch, pre, post_batch, post = self.sample_meta_batch(it)
         t_sample = time.time() - t0
+        update = self.meta_update(pre, post, it + 1)
+        self.iteration.assign_add(1)
+        metrics = {
+            "iteration": it + 1,
+            "return_pre": pre_batch.mean_return(),
+            "return_post": post_batch.mean_return(),
+            **update,
+            "seconds_sampling": t_sample,
+            "seconds": time.time() - t0,
+        }
+        if log:
+            self._log(metrics)
+        return metrics
+
+    def meta_update(self, pre: Sequence[PGData], post: PGData, iteration: int | None = None) -> dict:
+        """The TRPO step on θ for sampled data: natural gradient through the inner update by conjugate
+        gradient, then the line search; sets the policy's weights and returns the step's figures."""
+        c = self.config
+        it = int(self.iteration.numpy()) + 1 if iteration is None else iteration
         theta = self.theta()
-        old_mean, old_log_std = self._old_fn(theta, pre, post)
-        loss, _, grad = self._loss_grad_fn(theta, pre, post, old_mean, old_log_std)
-        self._check_finite(it + 1, {"surrogate loss": loss.numpy(), "meta-gradient": grad.numpy()})
-        direction = conjugate_gradient(
-            lambda v: self._fvp_fn(theta, v, pre, post, old_mean, old_log_std), grad, c.cg_iters
-        )
-        self._check_finite(it + 1, {"natural-gradient direction": direction.numpy()})
-        shs = 0.5 * float(tf.reduce_sum(direction * self._fvp_fn(theta, direction, pre, post, old_mean, old_log_std)))
-        full_step = direction / np.sqrt(max(shs, 1e-12) / c.max_kl)
+        old_mean, old_log_std, loss, grad, direction, curvature = self._natural_gradient_fn(theta, pre, post)
+        self._check_finite(it, {"surrogate loss": loss.numpy(), "meta-gradient": grad.numpy(),
+                                "natural-gradient direction": direction.numpy()})
+        full_step = direction / np.sqrt(max(0.5 * float(curvature), 1e-12) / c.max_kl)
 
         def loss_and_kl(candidate):
             l, k = self._loss_kl_fn(candidate, pre, post, old_mean, old_log_std)
@@ -290,11 +299,7 @@ class MAMLTRPO:
             loss_and_kl, theta, full_step, float(loss), c.max_kl, c.ls_steps, c.ls_ratio
         )
         self.set_theta(new_theta)
-        self.iteration.assign_add(1)
-        metrics = {
-            "iteration": it + 1,
-            "return_pre": pre_batch.mean_return(),
-            "return_post": post_batch.mean_return(),
+        return {
             "surrogate_before": float(loss),
             "surrogate_after": ls.loss,
             "kl": ls.kl,
@@ -302,12 +307,7 @@ class MAMLTRPO:
             "line_search_fraction": ls.step_fraction,
             "line_search_steps": float(ls.steps_tried),
             "grad_norm": float(tf.norm(grad)),
-            "seconds_sampling": t_sample,
-            "seconds": time.time() - t0,
         }
-        if log:
-            self._log(metrics)
-        return metrics
 
     def _check_finite(self, iteration: int, values: dict[str, np.ndarray]) -> None:
         """Stop before a non-finite value can reach the baseline fit, the policy or a checkpoint."""

@@ -39,22 +39,60 @@ def hessian_vector_product(
 def conjugate_gradient(
     matvec: Callable[[tf.Tensor], tf.Tensor], b: tf.Tensor, iterations: int = 10, residual_tol: float = 1e-10
 ) -> tf.Tensor:
-    """Approximately solve ``A x = b`` for SPD ``A`` given only ``x ↦ A x`` (never forms A)."""
+    """Approximately solve ``A x = b`` for SPD ``A`` given only ``x ↦ A x`` (never forms A).
+
+    Runs eagerly (stops once the residual is below ``residual_tol``) or inside a ``tf.function`` (the loop
+    is unrolled; iterations after convergence leave ``x`` unchanged).
+    """
     x = tf.zeros_like(b)
     r = tf.identity(b)
     p = tf.identity(b)
     rr = tf.reduce_sum(r * r)
     for _ in range(iterations):
-        if float(rr) < residual_tol:
+        if tf.executing_eagerly() and float(rr) < residual_tol:
             break
         ap = matvec(p)
-        alpha = rr / (tf.reduce_sum(p * ap) + 1e-12)
+        active = tf.cast(rr >= residual_tol, b.dtype)
+        alpha = active * rr / (tf.reduce_sum(p * ap) + 1e-12)
         x = x + alpha * p
         r = r - alpha * ap
         rr_new = tf.reduce_sum(r * r)
-        p = r + (rr_new / rr) * p
+        p = r + tf.math.divide_no_nan(rr_new, rr) * p
         rr = rr_new
     return x
+
+
+def natural_gradient(
+    loss_and_kl: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]],
+    theta: tf.Tensor,
+    cg_iters: int = 10,
+    damping: float = 1e-5,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """TRPO's search direction ``x ≈ (H + damping·I)⁻¹ g`` (g the loss gradient, H the KL's Hessian at θ).
+
+    One forward pass serves the gradient and every Fisher-vector product of the conjugate gradient: the KL
+    gradient is recorded once and differentiated again per product (double back-propagation), instead of
+    recomputing the whole forward pass (for MAML, the inner update) each time. Best inside a ``tf.function``.
+    Returns ``(loss, g, x, xᵀ(H + damping·I)x)``; the last sets the step length for a KL budget.
+    """
+    with tf.GradientTape(persistent=True, watch_accessed_variables=False) as outer:
+        outer.watch(theta)
+        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as inner:
+            inner.watch(theta)
+            loss, kl = loss_and_kl(theta)
+        kl_grad = inner.gradient(kl, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        with outer.stop_recording():
+            grad = inner.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        def fisher_vector_product(v: tf.Tensor) -> tf.Tensor:
+            grad_dot_v = tf.reduce_sum(kl_grad * tf.stop_gradient(v))
+            with outer.stop_recording():
+                hv = outer.gradient(grad_dot_v, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return hv + damping * v
+
+        direction = conjugate_gradient(fisher_vector_product, grad, cg_iters)
+        curvature = tf.reduce_sum(direction * fisher_vector_product(direction))
+    return loss, grad, direction, curvature
 
 
 @dataclass
