@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
+from tf_maml.training import flag_type, integer  # noqa: E402
 
 
 def main() -> None:
@@ -18,16 +19,20 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--workdir", help="a training directory: its newest checkpoint is evaluated")
     source.add_argument("--saved-model", help="a shipped meta-learner, e.g. saved_models/omniglot_5way1shot")
-    parser.add_argument("--tasks", type=int, default=600)
+    parser.add_argument("--tasks", type=flag_type(integer(1)), default=600, help="meta-test tasks (default 600)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, nargs="+", help="adaptation steps to report (default 0, train, eval steps)")
+    parser.add_argument("--steps", type=flag_type(integer(0)), nargs="+",
+                        help="adaptation steps to report (default 0, train, eval steps)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here')
     args = parser.parse_args()
 
     set_graph_optimization("fusion")
     run_tasks_in_parallel()
-    maml, config = omniglot.load_for_evaluation(workdir=args.workdir, saved_model=args.saved_model)
+    try:
+        maml, config = omniglot.load_for_evaluation(workdir=args.workdir, saved_model=args.saved_model)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     data = omniglot.load_classes(args, config.split)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=args.seed,
                                 steps=tuple(args.steps) if args.steps else None)

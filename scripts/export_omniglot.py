@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
+from tf_maml.training import flag_type, integer  # noqa: E402
 
 
 def main() -> None:
@@ -18,12 +19,15 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--base", default="saved_models")
     parser.add_argument("--name", help="model name (default: omniglot_<N>way<K>shot)")
-    parser.add_argument("--tasks", type=int, default=600)
+    parser.add_argument("--tasks", type=flag_type(integer(1)), default=600, help="meta-test tasks (default 600)")
     omniglot.add_data_arguments(parser)
     args = parser.parse_args()
     set_graph_optimization("fusion")
     run_tasks_in_parallel()
-    maml, config = omniglot.load_for_evaluation(workdir=args.workdir)
+    try:
+        maml, config = omniglot.load_for_evaluation(workdir=args.workdir)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     data = omniglot.load_classes(args, config.split)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=0)
     results["meta_steps"] = int(maml.optimizer.iterations)

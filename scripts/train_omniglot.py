@@ -11,20 +11,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tf_maml.performance import GRAPH_OPTIMIZATION_LEVELS, run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
+from tf_maml.training import flag_type, integer  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", choices=sorted(omniglot.PRESETS), default="5way1shot")
     parser.add_argument("--workdir", help="checkpoints, logs and results (default runs/<preset>)")
-    parser.add_argument("--meta-steps", type=int, help="total meta-steps (the paper: 60,000)")
+    parser.add_argument("--meta-steps", type=int,
+                        help="total meta-steps, a multiple of --steps-per-epoch (the paper: 60,000)")
     parser.add_argument("--steps-per-epoch", type=int, help="meta-steps between checkpoints and validation")
-    parser.add_argument("--split", choices=["paper", "tfds"])
+    parser.add_argument("--split", choices=omniglot.SPLITS)
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--batch-norm", choices=["transductive", "running"],
                         help="batch statistics everywhere (the paper's, default) or running statistics at meta-test")
     omniglot.add_data_arguments(parser)
-    parser.add_argument("--eval-tasks", type=int, default=600)
+    parser.add_argument("--eval-tasks", type=flag_type(integer(1)),
+                        help="meta-test tasks evaluated after training, >= 1 (default: the run's eval_tasks, 600)")
     parser.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATION_LEVELS, default="fusion",
                         help="Grappler: fusion (op fusion only), full (slower start) or off")
     parser.add_argument("--op-threads", action="store_true",
@@ -45,7 +48,8 @@ def main() -> None:
         parser.error(str(err))
     data = omniglot.load_classes(args, config.split)
     maml = omniglot.train(config, workdir, data=data, verbose=args.verbose)
-    results = omniglot.evaluate(maml, config, data, args.eval_tasks, seed=config.seed)
+    eval_tasks = args.eval_tasks if args.eval_tasks is not None else config.eval_tasks
+    results = omniglot.evaluate(maml, config, data, eval_tasks, seed=config.seed)
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))

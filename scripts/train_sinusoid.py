@@ -18,7 +18,8 @@ def main() -> None:
     parser.add_argument("--workdir", help="run directory (default runs/sinusoid_<preset>); rerunning resumes it "
                                           "with its own settings (only --meta-steps may change)")
     parser.add_argument("--shots", type=int, help="K support (and query) points per task: 5, 10 or 20")
-    parser.add_argument("--meta-steps", type=int)
+    parser.add_argument("--meta-steps", type=int,
+                        help="total meta-steps, >= 1 and a multiple of the preset's steps_per_epoch")
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--export", metavar="BASE_DIR", help="also export the meta-learner for TF Serving here")
@@ -27,7 +28,10 @@ def main() -> None:
     overrides = {k: v for k, v in (("shots", args.shots), ("meta_steps", args.meta_steps), ("seed", args.seed)) if v is not None}
     if args.first_order:
         overrides["first_order"] = True
-    config, workdir = sinusoid.config_for_run(args.preset, overrides, args.workdir)
+    try:
+        config, workdir = sinusoid.config_for_run(args.preset, overrides, args.workdir)
+    except ValueError as err:
+        parser.error(str(err))
     results = sinusoid.run(config, workdir)
     if args.export:
         results["export"] = sinusoid.export(workdir, args.export)

@@ -36,12 +36,14 @@ def test_smoke_run_trains_exports_and_resumes_with_its_own_settings(tmp_path, mo
     meta = serving.read_metadata(str(base / "sinusoid"))
     assert meta["config"]["shots"] == 5 and meta["training"]["meta_steps"] == 200
 
-    # Other settings on the same directory are refused, naming what differs; nothing saved is touched.
+    # Other settings on the same directory are refused (argparse's error, as train_omniglot.py's), naming
+    # what differs; nothing saved is touched.
     before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
-    with pytest.raises(ValueError, match=r"shots: asked 10, run has 5"):
-        run_script(monkeypatch, "--preset", "smoke", "--shots", "10", "--workdir", str(workdir))
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
     capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(monkeypatch, "--preset", "smoke", "--shots", "10", "--workdir", str(workdir))
+    assert exit_info.value.code == 2 and "shots: asked 10, run has 5" in capsys.readouterr().err
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
 
 
 def test_presets_get_their_own_default_directories():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from typing import ClassVar
 
 import keras
 
@@ -12,9 +13,12 @@ from tf_maml import training
 from tf_maml.callbacks import EpisodeImages
 from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omniglot_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
-from tf_maml.maml import MAML
+from tf_maml.maml import BATCH_NORM_MODES, MAML, TASK_EXECUTIONS
 from tf_maml.models.convnets import omniglot_convnet
-from tf_maml.training import fit_resumable, read_budget, restore_latest
+from tf_maml.training import (BOOLEAN, epochs_problem, fit_resumable, integer, number, one_of, optional, read_budget,
+                              restore_latest)
+
+SPLITS = ("paper", "tfds")
 
 
 @dataclasses.dataclass
@@ -40,6 +44,18 @@ class OmniglotConfig:
     eval_tasks: int = 600
     task_execution: str = "loop"
     batch_norm: str = "transductive"  # or "running"; see MAML(batch_norm=...)
+
+    RUN_KIND: ClassVar[str] = "an Omniglot run or export (scripts/train_omniglot.py)"
+    RULES: ClassVar[dict[str, training.Rule]] = {
+        "ways": integer(1), "shots": integer(1), "queries": optional(integer(1)), "meta_batch": integer(1),
+        "inner_steps": integer(0), "eval_inner_steps": integer(0), "inner_lr": number(0, low_open=True),
+        "meta_lr": number(0, low_open=True), "meta_steps": integer(1), "steps_per_epoch": integer(1),
+        "first_order": BOOLEAN, "split": one_of(*SPLITS), "seed": integer(0), "validation_tasks": integer(1),
+        "eval_tasks": integer(1), "task_execution": one_of(*TASK_EXECUTIONS), "batch_norm": one_of(*BATCH_NORM_MODES),
+    }
+
+    def __post_init__(self) -> None:
+        training.check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch)])
 
     @property
     def name(self) -> str:
@@ -113,6 +129,7 @@ def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = N
 def evaluate(maml: MAML, config: OmniglotConfig, data: OmniglotClasses, tasks: int, seed: int,
              steps: tuple[int, ...] | None = None) -> dict:
     """Accuracy on freshly sampled meta-test tasks, mean and 95% interval, after each number of steps."""
+    training.check_value("tasks", tasks, integer(1))
     steps = steps or (0, config.inner_steps, config.eval_inner_steps)
     test = episodes(config, data.meta_test, seed + 1_000_003, meta_batch=min(tasks, 50))
     scores = scores_after_adaptation(maml, test, steps, task_accuracy, tasks)
@@ -138,8 +155,9 @@ def load_for_evaluation(workdir: str | None = None, saved_model: str | None = No
         return maml, config
     from tf_maml.serving import load, read_metadata
 
-    maml = load(saved_model)
-    return maml, OmniglotConfig(**read_metadata(saved_model)["config"])
+    source = f"the metadata of {saved_model}"
+    config = training.config_from_dict(OmniglotConfig, read_metadata(saved_model).get("config"), source)
+    return load(saved_model), config  # loaded once its metadata says it is an Omniglot model
 
 
 def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import ClassVar
 
 import keras
 import numpy as np
@@ -15,7 +16,7 @@ from tf_maml.data.sinusoid import sample_sinusoid_tasks, sinusoid_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_mse
 from tf_maml.maml import MAML
 from tf_maml.models.mlp import sinusoid_mlp
-from tf_maml.training import fit_resumable, read_budget
+from tf_maml.training import BOOLEAN, each, epochs_problem, fit_resumable, integer, number, read_budget
 
 
 @dataclasses.dataclass
@@ -35,7 +36,16 @@ class SinusoidConfig:
     seed: int = 0
     steps_per_execution: int = 100
 
+    RUN_KIND: ClassVar[str] = "a sinusoid run or export (scripts/train_sinusoid.py)"
+    RULES: ClassVar[dict[str, training.Rule]] = {
+        "shots": integer(1), "meta_batch": integer(1), "meta_steps": integer(1), "steps_per_epoch": integer(1),
+        "inner_lr": number(0, low_open=True), "inner_steps": integer(0), "eval_steps": each(integer(0), nonempty=True),
+        "meta_lr": number(0, low_open=True), "first_order": BOOLEAN, "eval_tasks": integer(1), "seed": integer(0),
+        "steps_per_execution": integer(1),
+    }
+
     def __post_init__(self) -> None:
+        training.check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch)])
         self.eval_steps = tuple(self.eval_steps)  # a list after a JSON round trip
 
 
