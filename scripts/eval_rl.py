@@ -17,17 +17,21 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tf_maml.training import flag_type, integer, number  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--logdir", required=True, help="MAML-TRPO run directory (config.json + checkpoints)")
     p.add_argument("--pretrained-logdir", help="run trained with --inner-steps 0")
-    p.add_argument("--tasks", type=int, default=40)
-    p.add_argument("--n-traj", type=int, help="episodes per task and adaptation step (default: 4,000 steps' worth, "
-                                            "as in the paper's evaluation code: 40 for navigation, 20 for MuJoCo)")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--fast-lr", type=float, help="first adaptation step's rate (default: the run's fast_lr)")
-    p.add_argument("--later-lr", type=float,
+    rate = flag_type(number(0, low_open=True), float)
+    p.add_argument("--tasks", type=flag_type(integer(1)), default=40)
+    p.add_argument("--n-traj", type=flag_type(integer(1)),
+                   help="episodes per task and adaptation step (default: 4,000 steps' worth, as in the paper's "
+                        "evaluation code: 40 for navigation, 20 for MuJoCo)")
+    p.add_argument("--steps", type=flag_type(integer(0)), default=3)
+    p.add_argument("--fast-lr", type=rate, help="first adaptation step's rate (default: the run's fast_lr)")
+    p.add_argument("--later-lr", type=rate,
                    help="rate of steps 2.. (default: half the first, as in the paper's evaluation code)")
     p.add_argument("--seed", type=int, default=1234, help="held-out task seed (training uses derived seeds)")
     p.add_argument("--json")
@@ -41,7 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
     from tf_maml.rl.maml_trpo import MAMLTRPO
     from tf_maml.rl.policy import build_policy, policy_params
 
-    learner = MAMLTRPO.from_logdir(args.logdir)
+    try:
+        learner = MAMLTRPO.from_logdir(args.logdir)
+    except (ValueError, FileNotFoundError) as err:
+        p.error(str(err))
     cfg = learner.config
     fast_lr = args.fast_lr if args.fast_lr is not None else cfg.fast_lr
     later_lr = args.later_lr if args.later_lr is not None else fast_lr / 2
@@ -51,7 +58,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     policies = {"maml": policy_params(learner.model)}
     if args.pretrained_logdir:
-        pre = MAMLTRPO.from_logdir(args.pretrained_logdir)
+        try:
+            pre = MAMLTRPO.from_logdir(args.pretrained_logdir)
+        except (ValueError, FileNotFoundError) as err:
+            learner.close()
+            p.error(f"--pretrained-logdir: {err}")
         pre.close()
         mismatched = {k: (getattr(pre.config, k), getattr(cfg, k)) for k in ("env_id", "hidden", "action_scaling")
                       if getattr(pre.config, k) != getattr(cfg, k)}

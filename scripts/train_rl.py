@@ -13,12 +13,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tf_maml.rl.presets import PRESETS, preset  # noqa: E402
+from tf_maml.training import flag_type, integer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--env", required=True, choices=sorted(PRESETS))
-    p.add_argument("--iterations", type=int, required=True)
+    p.add_argument("--iterations", type=flag_type(integer(1)), required=True,
+                   help="train until this many meta-iterations are done (a resumed run counts its earlier ones)")
     p.add_argument("--logdir", required=True)
     p.add_argument("--meta-batch-size", type=int)
     p.add_argument("--n-traj", type=int)
@@ -43,9 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         vectorize=False if args.loop else None,
         seed=args.seed,
     )
-    config = preset(args.env, **overrides)
-    asked = {"env_id": config.env_id, **{k: v for k, v in overrides.items() if v is not None}}
     try:  # an existing run resumes with its own settings, if the flags agree with them
+        config = preset(args.env, **overrides)
+        asked = {"env_id": config.env_id, **{k: v for k, v in overrides.items() if v is not None}}
         learner = MAMLTRPO.for_run(config, args.logdir, asked, progress=args.progress)
     except ValueError as err:
         p.error(str(err))

@@ -16,18 +16,19 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, ClassVar, NamedTuple, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_maml import training
 from tf_maml.inner_loop import adapt
 from tf_maml.rl.advantages import task_advantages
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
 from tf_maml.rl.sampler import Sampler, TrajectoryBatch
 from tf_maml.rl.trpo import backtracking_line_search, flatten, natural_gradient, unflatten
-from tf_maml.training import check_resume_settings
+from tf_maml.training import BOOLEAN, Rule, check_resume_settings, each, integer, number, one_of, optional
 
 
 class PGData(NamedTuple):
@@ -107,20 +108,36 @@ class MAMLTRPOConfig:
     # written before this existed acted in the env's own units and cannot be resumed as they were.
     action_scaling: str = "unit"
 
+    RUN_KIND: ClassVar[str] = "a MAML-TRPO run (scripts/train_rl.py)"
+    RULES: ClassVar[dict[str, Rule]] = {
+        "env_id": Rule(lambda v: isinstance(v, str) and bool(v), "a non-empty environment id"),
+        "meta_batch_size": integer(1), "n_traj": integer(1), "fast_lr": number(0, low_open=True),
+        "inner_steps": integer(0), "first_order": BOOLEAN, "gamma": number(0, 1), "gae_lambda": number(0, 1),
+        "max_kl": number(0, low_open=True), "cg_iters": integer(1), "cg_damping": number(0), "ls_steps": integer(1),
+        "ls_ratio": number(0, 1, low_open=True, high_open=True), "hidden": each(integer(1)), "num_envs": integer(1),
+        "asynchronous": optional(BOOLEAN), "vectorize": BOOLEAN, "seed": integer(0), "action_scaling": one_of("unit"),
+    }
+
+    def __post_init__(self) -> None:
+        training.check_settings(self, self.RULES)
+        self.hidden = tuple(self.hidden)  # a list after a JSON round trip
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "MAMLTRPOConfig":
+    def from_json(cls, text: str, source: str = "the config") -> "MAMLTRPOConfig":
+        """The settings saved as ``text`` (read from ``source``, named in errors): another kind of run's, or
+        values that today's checks refuse, are refused (:func:`tf_maml.training.config_from_dict`)."""
         d = json.loads(text)
+        config = training.config_from_dict(cls, d, source)
         if d.get("action_scaling") != "unit":
             raise ValueError(
                 "This run's policy acted in the env's own action units (it was trained before tf_maml rescaled "
                 "policy actions from [-1, 1], as rllab's normalize does); resuming or evaluating it now would "
                 "scale its actions. Retrain it with this version of scripts/train_rl.py."
             )
-        d["hidden"] = tuple(d["hidden"])
-        return cls(**d)
+        return config
 
 
 def _seed(*parts: int) -> int:
@@ -165,7 +182,7 @@ class MAMLTRPO:
         if not os.path.exists(config_path):
             return cls(config, logdir, progress=progress)
         with open(config_path) as f:
-            saved = MAMLTRPOConfig.from_json(f.read())
+            saved = MAMLTRPOConfig.from_json(f.read(), source=config_path)
         check_resume_settings(saved, asked, logdir)
         return cls(saved, logdir, progress=progress)
 
@@ -176,13 +193,13 @@ class MAMLTRPO:
         config_path = os.path.join(logdir, "config.json")
         if not os.path.exists(config_path):
             raise FileNotFoundError(f"{config_path} not found: {logdir} is not a train_rl.py run directory.")
+        with open(config_path) as f:  # first: training it further would not help a config that is refused
+            config = MAMLTRPOConfig.from_json(f.read(), source=config_path)
         if tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")) is None:
             raise FileNotFoundError(
                 f"{logdir} has no checkpoint: its run stopped before finishing a meta-iteration. Train it first "
                 f"(python scripts/train_rl.py ... --logdir {logdir}); nothing was evaluated or exported."
             )
-        with open(config_path) as f:
-            config = MAMLTRPOConfig.from_json(f.read())
         return cls(dataclasses.replace(config, **overrides), logdir)
 
     # ---- differentiable pieces (flat θ in, so CG and the line search can work on vectors) ----
