@@ -91,3 +91,52 @@ def test_nan_meta_loss_stops_names_step_and_keeps_checkpoint(tmp_path):
     assert ckpt.read_bytes() == saved
     assert all(np.isfinite(w).all() for w in maml.model.get_weights())
     assert int(maml.optimizer.iterations) == 9
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"first_order": "no"}, TypeError, "first_order must be True or False"),
+    ({"adapt_layers": "head"}, TypeError, r"a list of layer names, e.g. \['head'\]"),
+    ({"inner_lr": "0.1"}, TypeError, "inner_lr must be a number"),
+    ({"inner_lr": float("inf")}, ValueError, "finite number > 0"),
+    ({"inner_steps": True}, ValueError, "inner_steps must be an integer"),
+])
+def test_arguments_of_the_wrong_kind_are_not_coerced(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        MAML(sinusoid_mlp(), **kwargs)
+
+
+def test_multi_output_model_is_refused_at_construction():
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(2)(inputs)])
+    with pytest.raises(ValueError, match="2 outputs.*single-output"):
+        MAML(model)
+
+
+def test_one_task_methods_check_their_input():
+    (sx, sy, qx, _), _ = sample_sinusoid_tasks([0, 1], 2, 5, 4)
+    maml = compiled()
+    with pytest.raises(ValueError, match="ONE task without the task axis"):
+        maml.adapt(sx, sy)
+    with pytest.raises(ValueError, match="support_x has 5 examples per task but support_y has 4"):
+        maml.adapted_predictions(sx[0], sy[0, :4], qx[0])
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        maml.adapt(sx[0], sy[0], steps=2.7)
+    with pytest.raises(ValueError, match="names no step count"):
+        maml.predict_after_adaptation(sx, sy, qx, steps=())
+    # plain Python lists are fine
+    listed = maml.adapt(sx[0].numpy().tolist(), sy[0].numpy().tolist(), steps=1)
+    np.testing.assert_allclose(listed(qx[0]).numpy(), maml.adapt(sx[0], sy[0], steps=1)(qx[0]).numpy(), atol=1e-6)
+
+
+def test_setting_inner_lr_reaches_the_inner_loop():
+    (sx, sy, qx, _), _ = sample_sinusoid_tasks([0, 1], 1, 5, 4)
+    maml = compiled()
+    maml.inner_lr = 0.5
+    fresh = MAML(sinusoid_mlp(seed=0), inner_lr=0.5)
+    fresh.compile(optimizer="adam", loss="mse")
+    np.testing.assert_allclose(maml.adapted_predictions(sx[0], sy[0], qx[0], steps=1).numpy(),
+                               fresh.adapted_predictions(sx[0], sy[0], qx[0], steps=1).numpy(), atol=1e-6)
+    assert maml.get_config()["inner_lr"] == 0.5
+    learned = MAML(sinusoid_mlp(seed=0), learn_inner_lr=True)
+    with pytest.raises(AttributeError, match="maml.inner_lrs"):
+        learned.inner_lr = 0.5

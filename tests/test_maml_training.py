@@ -147,3 +147,51 @@ def test_fit_on_an_episode_dataset_does_not_warn_about_shuffling(recwarn):
     maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     maml.fit(sinusoid_episodes(4, 5, seed=1), steps_per_epoch=2, epochs=1, verbose=0)
     assert not [w for w in recwarn if "shuffle" in str(w.message)]
+
+
+def test_adapted_model_predicts_a_task_as_one_batch_and_reloads(tmp_path):
+    """Transductive BN: Keras' predict batches by 32, which would normalise 40 queries with the statistics
+    of 32 and 8; the adapted model (and MAML.predict) take the whole input unless told otherwise."""
+    maml = MAML(bn_model(), inner_lr=0.05, batch_norm="transductive")
+    maml.compile(optimizer="adam", loss="mse")
+    (sx, sy, qx, _), _ = sample_sinusoid_tasks([4, 2], 1, 10, 40)
+    adapted = maml.adapt(sx[0], sy[0], steps=2)
+    want = maml.adapted_predictions(sx[0], sy[0], qx[0], steps=2).numpy()
+    np.testing.assert_allclose(adapted.predict(qx[0].numpy(), verbose=0), want, atol=1e-5)
+    split = adapted.predict(qx[0].numpy(), batch_size=32, verbose=0)
+    assert not np.allclose(split, want, atol=1e-3)  # what the default batching would have given
+    np.testing.assert_allclose(maml.predict(qx[0].numpy(), verbose=0), maml(qx[0]).numpy(), atol=1e-5)
+    path = str(tmp_path / "adapted.keras")
+    adapted.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(qx[0].numpy(), verbose=0), want, atol=1e-5)
+
+
+class SubclassedRegressor(keras.Model):
+    """A subclassed model whose ``call`` takes no ``training`` argument."""
+
+    def __init__(self, units: int = 16, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.hidden = keras.layers.Dense(units, activation="relu")
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_subclassed_model_trains_and_adapts():
+    model = SubclassedRegressor()
+    model(np.zeros((1, 1), np.float32))
+    maml = MAML(model, inner_lr=0.01)
+    maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    maml.fit(sinusoid_episodes(4, 5, seed=1), steps_per_epoch=3, epochs=1, verbose=0)
+    (sx, sy, qx, _), _ = sample_sinusoid_tasks([3, 1], 1, 5, 6)
+    adapted = maml.adapt(sx[0], sy[0], steps=1)
+    assert isinstance(adapted, SubclassedRegressor)
+    np.testing.assert_allclose(adapted(qx[0]).numpy(), maml.adapted_predictions(sx[0], sy[0], qx[0], steps=1).numpy(),
+                               atol=1e-5)
+    assert not np.allclose(adapted(qx[0]).numpy(), maml(qx[0]).numpy(), atol=1e-4)  # it did adapt

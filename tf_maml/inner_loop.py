@@ -7,6 +7,7 @@ Supervised MAML and MAML-TRPO both build on :func:`gradient_step`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import keras
@@ -29,11 +30,20 @@ def functional_call(
     """
     if non_trainable is None:
         non_trainable = [v.value for v in model.non_trainable_variables]
+    # A subclassed model's ``call`` may take no ``training`` argument; stateless_call would pass it anyway.
+    kwargs = {"training": training} if _takes_training(model) else {}
     outputs, new_non_trainable, losses = model.stateless_call(
-        list(params), list(non_trainable), inputs, training=training, return_losses=True
+        list(params), list(non_trainable), inputs, return_losses=True, **kwargs
     )
     reg = tf.add_n([tf.cast(l, outputs.dtype) for l in losses]) if losses else tf.zeros((), outputs.dtype)
     return outputs, list(new_non_trainable), reg
+
+
+def _takes_training(model: keras.Model) -> bool:
+    signature = inspect.signature(model.call)
+    return "training" in signature.parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
+    )
 
 
 def gradient_step(

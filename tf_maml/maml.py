@@ -63,16 +63,20 @@ class MAML(keras.Model):
         super().__init__(**kwargs)
         _check_model(model)
         for name, steps in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
-            if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 0):
-                raise ValueError(f"{name} must be an integer >= 0, got {steps!r}. Use 0 for no adaptation.")
+            if steps is not None:
+                _check_steps(steps, name)
         if batch_norm not in BATCH_NORM_MODES:
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}.")
         if task_execution not in TASK_EXECUTIONS:
             raise ValueError(f"task_execution must be one of {TASK_EXECUTIONS}, got {task_execution!r}.")
-        if not inner_lr > 0:
-            raise ValueError(f"inner_lr must be > 0, got {inner_lr!r}.")
+        for name, flag in (("first_order", first_order), ("learn_inner_lr", learn_inner_lr),
+                           ("recompute_inner_loop", recompute_inner_loop)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {flag!r}.")
+        if isinstance(adapt_layers, str):
+            raise TypeError(f"adapt_layers takes a list of layer names, e.g. [{adapt_layers!r}], got the string {adapt_layers!r}.")
         self.model = model
-        self.inner_lr = float(inner_lr)
+        self._inner_lr = _checked_inner_lr(inner_lr)
         self.inner_steps = int(inner_steps)
         self.eval_inner_steps = int(inner_steps if eval_inner_steps is None else eval_inner_steps)
         self.first_order = bool(first_order)
@@ -100,6 +104,26 @@ class MAML(keras.Model):
         self._prediction_fns: dict = {}
         self.pre_adaptation_loss = keras.metrics.Mean(name="pre_adaptation_loss")
         self.built = True
+
+    @property
+    def inner_lr(self) -> float:
+        """The inner step size α (with ``learn_inner_lr``, the initial value of the learned rates)."""
+        return self._inner_lr
+
+    @inner_lr.setter
+    def inner_lr(self, value: float) -> None:
+        # The inner loop reads rate variables, not this number: assigning must reach them, or the change
+        # would be saved in the config without ever being used.
+        value = _checked_inner_lr(value)
+        if self.learn_inner_lr:
+            raise AttributeError(
+                "With learn_inner_lr=True the inner rates are trained variables (maml.inner_lrs); assign to "
+                "those, e.g. [v.assign(tf.fill(v.shape, 0.1)) for v in maml.inner_lrs if v is not None]."
+            )
+        for rate in self.inner_lrs:
+            if rate is not None:
+                rate.assign(value)
+        self._inner_lr = value
 
     # ----------------------------------------------------------------------------------------- core
     def call(self, inputs, training=None):
@@ -326,15 +350,22 @@ class MAML(keras.Model):
                 "learning rate, clip gradients (e.g. Adam(clipnorm=...)), or check the data for NaN."
             ) from None
 
+    def predict(self, x, batch_size=None, *args, **kwargs):
+        """Keras ``predict``; under transductive batch norm the whole input is one batch unless ``batch_size``
+        says otherwise, since the batch's statistics normalise it (Keras' default of 32 would split it)."""
+        if self.batch_statistics_at_inference:
+            batch_size = _whole_input_batch_size(x, batch_size)
+        return super().predict(x, batch_size, *args, **kwargs)
+
     # -------------------------------------------------------------------------------- adaptation API
     def predict_after_adaptation(self, support_x, support_y, query_x, steps: Sequence[int] = (0, 1)) -> np.ndarray:
         """Query predictions after each number of inner steps in ``steps``, for a batch of tasks.
 
         Inputs carry a leading task axis; returns ``[len(steps), tasks, queries, ...]``. θ never changes.
         """
-        steps = tuple(sorted(set(int(s) for s in steps)))
-        if steps and steps[0] < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}.")
+        steps = tuple(sorted(set(_check_steps(s, "steps") for s in steps)))
+        if not steps:
+            raise ValueError("steps names no step count; pass e.g. steps=(0, 1, 10).")
         fn = self._prediction_fns.get(steps)
         if fn is None:
             bn_training = self.batch_statistics_at_inference
@@ -358,32 +389,74 @@ class MAML(keras.Model):
     def adapted_predictions(self, support_x, support_y, query_x, steps: int | None = None) -> tf.Tensor:
         """Query predictions after ``steps`` inner steps on ONE task (no task axis). Traceable: the
         SavedModel's ``adapt_and_predict`` signature is this function."""
-        steps = self.eval_inner_steps if steps is None else int(steps)
+        steps = self.eval_inner_steps if steps is None else _check_steps(steps, "steps")
+        support_x, support_y, query_x = self._one_task(support_x, support_y, query_x)
         (pred,) = self._adapt_task(support_x, support_y, query_x, steps, self.batch_statistics_at_inference,
                                    True, record_steps=(steps,))
         return pred
 
     def adapt(self, support_x, support_y, steps: int | None = None) -> keras.Model:
-        """Adapt θ to one task (no task axis) and return an ordinary Keras model with the adapted weights."""
-        steps = self.eval_inner_steps if steps is None else int(steps)
-        batch = as_episode_batch((support_x[None], support_y[None], support_x[None], support_y[None]))
+        """Adapt θ to one task (no task axis) and return an ordinary Keras model with the adapted weights.
+
+        Under transductive batch norm the returned model (a :class:`TransductiveModel`) normalises with the
+        statistics of each batch it is given, as :meth:`adapted_predictions` and the exported signatures do;
+        its ``predict`` therefore takes the whole input as one batch unless ``batch_size`` is given.
+        """
+        steps = self.eval_inner_steps if steps is None else _check_steps(steps, "steps")
+        support_x, support_y, _ = self._one_task(support_x, support_y)
         transductive = self.batch_statistics_at_inference
-        params = self._adapt_task(
-            batch.support_x[0], batch.support_y[0], batch.support_x[0], steps, transductive, first_order=True
-        )
-
-        def clone_layer(layer):
-            # Transductive batch norm normalises with batch statistics at prediction time too, whatever
-            # `training` the caller (e.g. `predict`) passes down.
-            if transductive and isinstance(layer, keras.layers.BatchNormalization):
-                return TransductiveBatchNormalization.from_config(layer.get_config())
-            return layer.__class__.from_config(layer.get_config())
-
-        adapted = keras.models.clone_model(self.model, clone_function=clone_layer)
+        params = self._adapt_task(support_x, support_y, support_x, steps, transductive, first_order=True)
+        adapted = self._clone_for_prediction(transductive, support_x)
         adapted.set_weights(self.model.get_weights())  # non-trainable state (BN statistics) from θ
         for var, value in zip(adapted.trainable_variables, params):
             var.assign(value)
         return adapted
+
+    def _clone_for_prediction(self, transductive: bool, example_x: tf.Tensor) -> keras.Model:
+        """A copy of the architecture, with batch norm that uses batch statistics at prediction time too
+        (whatever ``training`` the caller passes) when transductive."""
+        if isinstance(self.model, keras.Sequential) or _has_outputs(self.model):
+
+            def clone_layer(layer):
+                if transductive and isinstance(layer, keras.layers.BatchNormalization):
+                    return TransductiveBatchNormalization.from_config(layer.get_config())
+                return layer.__class__.from_config(layer.get_config())
+
+            clone = keras.models.clone_model(self.model, clone_function=clone_layer)
+            if transductive:
+                return TransductiveModel(inputs=clone.inputs, outputs=clone.outputs, name=clone.name)
+            return clone
+        if transductive:
+            raise ValueError(
+                f"adapt() cannot return a copy of the subclassed model '{self.model.name}' with transductive batch "
+                "norm (its layers cannot be swapped). Use maml.adapted_predictions(support_x, support_y, query_x), "
+                "batch_norm='running', or a functional/Sequential model."
+            )
+        try:
+            clone = keras.models.clone_model(self.model)
+        except Exception as err:
+            raise TypeError(
+                f"adapt() rebuilds the subclassed model '{self.model.name}' from its config and could not: {err}. "
+                "Give the class a get_config() that returns its constructor arguments, or use "
+                "maml.adapted_predictions(...) instead."
+            ) from err
+        clone(example_x[:1])  # create the weights
+        return clone
+
+    def _one_task(self, support_x, support_y, query_x=None) -> tuple:
+        """Tensors of ONE task (no task axis), with the same checks as an episode batch."""
+        support_x, support_y = tf.convert_to_tensor(support_x), tf.convert_to_tensor(support_y)
+        query_x = support_x if query_x is None else tf.convert_to_tensor(query_x)
+        expected = _input_rank(self.model)
+        if expected is not None and support_x.shape.rank == expected + 1:
+            raise ValueError(
+                f"support_x has shape {support_x.shape}: one rank more than the model's input {self.model.inputs[0].shape}. "
+                "This method takes ONE task without the task axis (e.g. support_x[0]); for a batch of tasks use "
+                "predict_after_adaptation."
+            )
+        labels = tf.zeros(tf.concat([tf.shape(query_x)[:1], tf.shape(support_y)[1:]], 0), support_y.dtype)
+        batch = as_episode_batch((support_x[None], support_y[None], query_x[None], labels[None]))
+        return batch.support_x[0], batch.support_y[0], batch.query_x[0]
 
     # ------------------------------------------------------------------------------- serialisation
     def get_config(self):
@@ -416,6 +489,15 @@ class TransductiveBatchNormalization(keras.layers.BatchNormalization):
         return super().call(inputs, training=True, mask=mask)
 
 
+@keras.saving.register_keras_serializable(package="tf_maml")
+class TransductiveModel(keras.Model):
+    """A functional model with transductive batch norm: ``predict`` takes the whole input as one batch by
+    default, because the batch's statistics normalise it (Keras' default batches of 32 would change them)."""
+
+    def predict(self, x, batch_size=None, *args, **kwargs):
+        return super().predict(x, _whole_input_batch_size(x, batch_size), *args, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------- helpers
 def _check_model(model) -> None:
     if not isinstance(model, keras.Model):
@@ -428,11 +510,48 @@ def _check_model(model) -> None:
             f"Model '{model.name}' is not built, so its weights do not exist yet. Give it an Input "
             "(keras.Input(shape=...)) or call model.build(input_shape) before wrapping it in MAML."
         )
+    if _has_outputs(model) and len(model.outputs) > 1:
+        raise ValueError(
+            f"Model '{model.name}' has {len(model.outputs)} outputs; MAML adapts a single-output model with one "
+            "loss. Concatenate the outputs into one tensor (and split them in the loss), or wrap one head."
+        )
     if not model.trainable_variables:
         raise ValueError(
             f"Model '{model.name}' has no trainable weights: there is nothing to meta-learn. "
             "Check that its layers are not frozen (layer.trainable = False)."
         )
+
+
+def _checked_inner_lr(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"inner_lr must be a number, got {value!r}.")
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"inner_lr must be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+def _check_steps(steps, name: str) -> int:
+    """Step counts are whole numbers >= 0 (a float or bool is a mistake, not something to round)."""
+    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {steps!r}. Use 0 for no adaptation.")
+    return int(steps)
+
+
+def _whole_input_batch_size(x, batch_size: int | None) -> int | None:
+    """``batch_size`` if given, else the number of examples in ``x`` (a dataset keeps its own batching)."""
+    if batch_size is not None or isinstance(x, tf.data.Dataset):
+        return batch_size
+    first = tf.nest.flatten(x)[0]
+    shape = getattr(first, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) and shape[0] is not None else None
+
+
+def _input_rank(model: keras.Model) -> int | None:
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    return len(inputs[0].shape) if inputs and len(inputs) == 1 else None
 
 
 def _adapted_mask(model: keras.Model, adapt_layers: Sequence[str] | None) -> list[bool]:
