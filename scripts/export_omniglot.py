@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
-from tf_maml.training import flag_type, integer  # noqa: E402
+from tf_maml.settings import flag_type, integer  # noqa: E402
 
 
 def main() -> None:

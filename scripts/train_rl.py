@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tf_maml.rl.presets import PRESETS, preset  # noqa: E402
-from tf_maml.training import flag_type, integer  # noqa: E402
+from tf_maml.settings import flag_type, integer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,8 +15,8 @@ from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omnigl
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
 from tf_maml.maml import BATCH_NORM_MODES, MAML, TASK_EXECUTIONS
 from tf_maml.models.convnets import omniglot_convnet
-from tf_maml.training import (BOOLEAN, epochs_problem, fit_resumable, integer, number, one_of, optional, read_budget,
-                              restore_latest)
+from tf_maml.settings import BOOLEAN, Rule, check_settings, check_value, epochs_problem, integer, number, one_of, optional
+from tf_maml.training import fit_resumable, read_budget, restore_latest
 
 SPLITS = ("paper", "tfds")
 
@@ -46,7 +46,7 @@ class OmniglotConfig:
     batch_norm: str = "transductive"  # or "running"; see MAML(batch_norm=...)
 
     RUN_KIND: ClassVar[str] = "an Omniglot run or export (scripts/train_omniglot.py)"
-    RULES: ClassVar[dict[str, training.Rule]] = {
+    RULES: ClassVar[dict[str, Rule]] = {
         "ways": integer(1), "shots": integer(1), "queries": optional(integer(1)), "meta_batch": integer(1),
         "inner_steps": integer(0), "eval_inner_steps": integer(0), "inner_lr": number(0, low_open=True),
         "meta_lr": number(0, low_open=True), "meta_steps": integer(1), "steps_per_epoch": integer(1),
@@ -55,7 +55,7 @@ class OmniglotConfig:
     }
 
     def __post_init__(self) -> None:
-        training.check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch)])
+        check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch)])
 
     @property
     def name(self) -> str:
@@ -129,7 +129,7 @@ def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = N
 def evaluate(maml: MAML, config: OmniglotConfig, data: OmniglotClasses, tasks: int, seed: int,
              steps: tuple[int, ...] | None = None) -> dict:
     """Accuracy on freshly sampled meta-test tasks, mean and 95% interval, after each number of steps."""
-    training.check_value("tasks", tasks, integer(1))
+    check_value("tasks", tasks, integer(1))
     steps = steps or (0, config.inner_steps, config.eval_inner_steps)
     test = episodes(config, data.meta_test, seed + 1_000_003, meta_batch=min(tasks, 50))
     scores = scores_after_adaptation(maml, test, steps, task_accuracy, tasks)

@@ -16,7 +16,8 @@ from tf_maml.data.sinusoid import sample_sinusoid_tasks, sinusoid_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_mse
 from tf_maml.maml import MAML
 from tf_maml.models.mlp import sinusoid_mlp
-from tf_maml.training import BOOLEAN, each, epochs_problem, fit_resumable, integer, number, read_budget
+from tf_maml.settings import BOOLEAN, Rule, check_settings, each, epochs_problem, integer, number
+from tf_maml.training import fit_resumable, read_budget
 
 
 @dataclasses.dataclass
@@ -37,7 +38,7 @@ class SinusoidConfig:
     steps_per_execution: int = 100
 
     RUN_KIND: ClassVar[str] = "a sinusoid run or export (scripts/train_sinusoid.py)"
-    RULES: ClassVar[dict[str, training.Rule]] = {
+    RULES: ClassVar[dict[str, Rule]] = {
         "shots": integer(1), "meta_batch": integer(1), "meta_steps": integer(1), "steps_per_epoch": integer(1),
         "inner_lr": number(0, low_open=True), "inner_steps": integer(0), "eval_steps": each(integer(0), nonempty=True),
         "meta_lr": number(0, low_open=True), "first_order": BOOLEAN, "eval_tasks": integer(1), "seed": integer(0),
@@ -45,7 +46,7 @@ class SinusoidConfig:
     }
 
     def __post_init__(self) -> None:
-        training.check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch)])
+        check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch)])
         self.eval_steps = tuple(self.eval_steps)  # a list after a JSON round trip
 
 

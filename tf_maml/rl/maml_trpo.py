@@ -28,7 +28,8 @@ from tf_maml.rl.advantages import task_advantages
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
 from tf_maml.rl.sampler import Sampler, TrajectoryBatch
 from tf_maml.rl.trpo import backtracking_line_search, flatten, natural_gradient, unflatten
-from tf_maml.training import BOOLEAN, Rule, check_resume_settings, each, integer, number, one_of, optional
+from tf_maml.settings import BOOLEAN, Rule, check_settings, each, integer, number, one_of, optional
+from tf_maml.training import check_resume_settings
 
 
 class PGData(NamedTuple):
@@ -119,7 +120,7 @@ class MAMLTRPOConfig:
     }
 
     def __post_init__(self) -> None:
-        training.check_settings(self, self.RULES)
+        check_settings(self, self.RULES)
         self.hidden = tuple(self.hidden)  # a list after a JSON round trip
 
     def to_json(self) -> str:
