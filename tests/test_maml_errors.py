@@ -94,15 +94,24 @@ def test_nan_meta_loss_stops_names_step_and_keeps_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"first_order": "no"}, TypeError, "first_order must be True or False"),
+    ({"first_order": "no"}, ValueError, "first_order must be True or False"),
     ({"adapt_layers": "head"}, TypeError, r"a list of layer names, e.g. \['head'\]"),
-    ({"inner_lr": "0.1"}, TypeError, "inner_lr must be a number"),
+    ({"inner_lr": "0.1"}, ValueError, "inner_lr must be a finite number > 0"),
     ({"inner_lr": float("inf")}, ValueError, "finite number > 0"),
     ({"inner_steps": True}, ValueError, "inner_steps must be an integer"),
 ])
 def test_arguments_of_the_wrong_kind_are_not_coerced(kwargs, error, message):
     with pytest.raises(error, match=message):
         MAML(sinusoid_mlp(), **kwargs)
+
+
+def test_examples_that_do_not_fit_the_model_input_are_named():
+    (sx, sy, qx, qy), _ = sample_sinusoid_tasks([0, 1], 2, 5, 4)
+    wide = [tf.tile(t, [1, 1, 3]) for t in (sx, qx)]
+    with pytest.raises(ValueError, match=r"examples have shape \(3,\) but model .* inputs of shape \(1,\)"):
+        compiled().meta_loss((wide[0], sy, wide[1], qy))
+    with pytest.raises(ValueError, match=r"examples have shape \(3,\)"):
+        compiled().adapt(wide[0][0], sy[0])
 
 
 def test_multi_output_model_is_refused_at_construction():
@@ -140,3 +149,10 @@ def test_setting_inner_lr_reaches_the_inner_loop():
     learned = MAML(sinusoid_mlp(seed=0), learn_inner_lr=True)
     with pytest.raises(AttributeError, match="maml.inner_lrs"):
         learned.inner_lr = 0.5
+
+
+def test_pretraining_for_zero_steps_is_refused_not_endless():
+    from tf_maml.baselines import pretrain_on_all_tasks
+
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        pretrain_on_all_tasks(sinusoid_mlp(), sinusoid_episodes(2, 5, seed=0), 0)

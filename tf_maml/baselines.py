@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tf_maml.settings import check_value, integer
+
 
 def pretrain_on_all_tasks(model: keras.Model, episodes: tf.data.Dataset, steps: int, learning_rate: float = 1e-3,
                           loss: str = "mse", verbose: int = 0) -> keras.Model:
@@ -13,6 +15,8 @@ def pretrain_on_all_tasks(model: keras.Model, episodes: tf.data.Dataset, steps: 
     Each episode batch contributes all its support and query examples, so the baseline sees exactly the
     data MAML sees; it just does not learn to adapt.
     """
+
+    check_value("steps", steps, integer(1))  # Keras reads steps_per_epoch=0 as "until the endless stream ends"
 
     def pooled(sx, sy, qx, qy):
         x = tf.concat([sx, qx], axis=1)

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tf_maml import inner_loop
 from tf_maml.episode_batch import EpisodeBatch, as_episode_batch
+from tf_maml.settings import BOOLEAN, check_value, integer, number
 
 BATCH_NORM_MODES = ("transductive", "running")
 TASK_EXECUTIONS = ("vectorized", "map", "loop")
@@ -71,8 +72,7 @@ class MAML(keras.Model):
             raise ValueError(f"task_execution must be one of {TASK_EXECUTIONS}, got {task_execution!r}.")
         for name, flag in (("first_order", first_order), ("learn_inner_lr", learn_inner_lr),
                            ("recompute_inner_loop", recompute_inner_loop)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {flag!r}.")
+            check_value(name, bool(flag) if isinstance(flag, np.bool_) else flag, BOOLEAN)
         if isinstance(adapt_layers, str):
             raise TypeError(f"adapt_layers takes a list of layer names, e.g. [{adapt_layers!r}], got the string {adapt_layers!r}.")
         self.model = model
@@ -210,6 +210,7 @@ class MAML(keras.Model):
         """Per-task query loss before and after adaptation, adapted predictions and BN statistics."""
         bn_training = training or self.batch_statistics_at_inference
         n_nt = len(self.model.non_trainable_variables)
+        _check_example_shape(self.model, batch.support_x.shape[2:])
 
         def per_task(elems):
             sx, sy, qx, qy = elems
@@ -384,6 +385,7 @@ class MAML(keras.Model):
         support_y = tf.convert_to_tensor(support_y)
         no_labels = tf.zeros(tf.concat([tf.shape(query_x)[:2], tf.shape(support_y)[2:]], 0), support_y.dtype)
         batch = as_episode_batch((support_x, support_y, query_x, no_labels))
+        _check_example_shape(self.model, batch.support_x.shape[2:])
         return fn(batch.support_x, batch.support_y, batch.query_x).numpy()
 
     def adapted_predictions(self, support_x, support_y, query_x, steps: int | None = None) -> tf.Tensor:
@@ -456,6 +458,7 @@ class MAML(keras.Model):
             )
         labels = tf.zeros(tf.concat([tf.shape(query_x)[:1], tf.shape(support_y)[1:]], 0), support_y.dtype)
         batch = as_episode_batch((support_x[None], support_y[None], query_x[None], labels[None]))
+        _check_example_shape(self.model, batch.support_x.shape[2:])
         return batch.support_x[0], batch.support_y[0], batch.query_x[0]
 
     # ------------------------------------------------------------------------------- serialisation
@@ -523,17 +526,12 @@ def _check_model(model) -> None:
 
 
 def _checked_inner_lr(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"inner_lr must be a number, got {value!r}.")
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"inner_lr must be a finite number > 0, got {value!r}.")
+    check_value("inner_lr", value, number(0, low_open=True))
     return float(value)
 
 
 def _check_steps(steps, name: str) -> int:
-    """Step counts are whole numbers >= 0 (a float or bool is a mistake, not something to round)."""
-    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {steps!r}. Use 0 for no adaptation.")
+    check_value(name, steps, integer(0))
     return int(steps)
 
 
@@ -544,6 +542,24 @@ def _whole_input_batch_size(x, batch_size: int | None) -> int | None:
     first = tf.nest.flatten(x)[0]
     shape = getattr(first, "shape", None)
     return int(shape[0]) if shape is not None and len(shape) and shape[0] is not None else None
+
+
+def _check_example_shape(model: keras.Model, example_shape: tf.TensorShape) -> None:
+    """Examples must fit the model's input (checked on static shapes, once per trace), so a mismatch is named
+    here rather than deep inside a traced inner loop."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return
+    if not inputs or len(inputs) != 1 or example_shape.rank is None:
+        return
+    expected = tuple(inputs[0].shape[1:])
+    got = tuple(example_shape)
+    if len(expected) != len(got) or any(e is not None and g is not None and e != g for e, g in zip(expected, got)):
+        raise ValueError(
+            f"The episodes' examples have shape {got} but model '{model.name}' takes inputs of shape {expected} "
+            "(per example, after the task and example axes): reshape the data or build the model for it."
+        )
 
 
 def _input_rank(model: keras.Model) -> int | None:
