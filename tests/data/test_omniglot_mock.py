@@ -36,7 +36,9 @@ def fake_as_dataset(self, split, decoders=None, read_config=None, **kwargs):
 
 
 @pytest.fixture
-def mocked(tmp_path):
+def mocked(tmp_path, monkeypatch):
+    # mock_data replaces the download itself; the loader's network probe must not stop it first.
+    monkeypatch.setattr("tf_maml.data.omniglot._network_reachable", lambda hosts: True)
     with tfds.testing.mock_data(as_dataset_fn=fake_as_dataset):
         yield tmp_path
 
@@ -107,3 +109,24 @@ def test_env_var_is_the_default_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_MAML_DATA_DIR", str(tmp_path / "from_env"))
     with pytest.raises(OmniglotNotFoundError, match="from_env"):
         load_omniglot_classes(download=False, cache=False)
+
+
+def test_absent_data_without_network_fails_fast(tmp_path, monkeypatch):
+    """download=True with no connection: TFDS would retry for minutes; the loader says so at once."""
+    import socket
+    import time
+
+    import tensorflow_datasets as tfds
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        lambda *a, **k: pytest.fail("TFDS download attempted without a network"))
+    start = time.monotonic()
+    with pytest.raises(OmniglotNotFoundError, match="no connection to storage.googleapis.com or github.com"):
+        load_omniglot_classes(data_dir=tmp_path / "empty", download=True, cache=False)
+    assert time.monotonic() - start < 60

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -115,6 +116,23 @@ def _not_found_message(looked_in: str, cause: str) -> str:
     )
 
 
+DOWNLOAD_HOSTS = ("storage.googleapis.com", "github.com")  # TFDS's prepared copies, then the archives
+
+
+def _network_reachable(hosts: tuple[str, ...], timeout: float = 5.0) -> bool:
+    """Whether any host answers on 443; behind a proxy (``HTTPS_PROXY``) direct connections may be blocked
+    while downloads work, so that case is left to TFDS."""
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    for host in hosts:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def _prepared_builder(data_dir: str | None, download: bool, manual_dir: str | os.PathLike | None):
     """A TFDS omniglot builder whose data is prepared, or an :class:`OmniglotNotFoundError`."""
     import tensorflow_datasets as tfds  # heavy import, only when data is actually loaded
@@ -124,6 +142,10 @@ def _prepared_builder(data_dir: str | None, download: bool, manual_dir: str | os
         return builder
     if not download and manual_dir is None:
         raise OmniglotNotFoundError(_not_found_message(str(builder.data_dir), "download=False"))
+    if manual_dir is None and not _network_reachable(DOWNLOAD_HOSTS):
+        # TFDS would retry for minutes before giving up; say so now.
+        raise OmniglotNotFoundError(_not_found_message(
+            str(builder.data_dir), f"download=True but no connection to {' or '.join(DOWNLOAD_HOSTS)}"))
     config = tfds.download.DownloadConfig(
         manual_dir=None if manual_dir is None else os.fspath(manual_dir),
         try_download_gcs=manual_dir is None,
