@@ -31,12 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import threading
 import time
+
+from benchmark_results import write_results
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -152,12 +153,7 @@ def main() -> None:
         print(f"{r['inner_steps']:>5} {str(r['recompute']):>9} {r['peak_rss_mb']:9.0f} {r['before_run_mb'][-1]:8.0f} "
               f"{r['run_peak_mb'][-1]:9.0f} {r['step_mb']:8.0f} {r['step_s'][-1]:7.2f} {r['trace_s']:8.1f}")
     if args.json:
-        from importlib.metadata import version
-
-        meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-                "tensorflow": version("tensorflow"), "argv": sys.argv}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        write_results(args.json, rows)
 
 
 if __name__ == "__main__":

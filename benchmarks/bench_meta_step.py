@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -23,6 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+from benchmark_results import summarize, write_results  # noqa: E402
 
 CONFIGS = {
     # name: (kind, ways/shots, meta_batch, inner_steps)
@@ -52,11 +53,6 @@ def time_calls(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return times
-
-
-def summarize(times):
-    q = np.percentile(times, [25, 50, 75])
-    return {"median_s": float(q[1]), "iqr_s": float(q[2] - q[0]), "n": len(times)}
 
 
 # ------------------------------------------------------------------------------------------ TensorFlow
@@ -187,20 +183,8 @@ def main() -> None:
         print(f"{r['config']:16} {r['order']:7} {r['impl']:22} {1e3 * r['median_s']:10.2f} {1e3 * r['iqr_s']:8.2f} "
               f"{r['first_step_s']:10.2f} {speed:>8}")
     if args.json:
-        import tensorflow as tf
-
-        meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-                "tensorflow": tf.__version__, "threads": threads, "tf_threads": args.tf_threads,
-                "graph_optimization": args.graph_optimization,
-                "argv": sys.argv}
-        try:
-            import torch
-
-            meta["torch"] = torch.__version__
-        except ImportError:
-            pass
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        write_results(args.json, rows, threads=threads, tf_threads=args.tf_threads,
+                      graph_optimization=args.graph_optimization)
 
 
 if __name__ == "__main__":

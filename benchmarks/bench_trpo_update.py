@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -31,17 +30,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from benchmark_results import summarize, write_results  # noqa: E402
+
 # name: preset and overrides (HalfCheetah at the reduced batch of the BENCHMARKS.md runs; sampling it at the
 # paper's 40 × 20 would take minutes and does not change what is compared).
 CONFIGS = {
     "navigation2d": ("navigation2d", {}),
     "halfcheetah-vel": ("halfcheetah-vel", {"meta_batch_size": 10, "n_traj": 10, "num_envs": 10}),
 }
-
-
-def summarize(times: list[float]) -> dict:
-    q = np.percentile(times, [25, 50, 75])
-    return {"median_s": float(q[1]), "iqr_s": float(q[2] - q[0]), "n": len(times)}
 
 
 def sample_once(name: str, quick: bool):
@@ -254,18 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['config']:16} {r['impl']:22} {1e3 * r['median_s']:10.1f} {1e3 * r['iqr_s']:8.1f} "
               f"{r['first_step_s']:7.2f} {speed:>8} {diff:>16}")
     if args.json:
-        import tensorflow as tf
-
-        meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-                "tensorflow": tf.__version__, "threads": threads, "argv": sys.argv}
-        try:
-            import torch
-
-            meta["torch"] = torch.__version__
-        except ImportError:
-            pass
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        write_results(args.json, rows, threads=threads)
 
 
 if __name__ == "__main__":
