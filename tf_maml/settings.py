@@ -67,10 +67,11 @@ def check_value(name: str, value: Any, rule: Rule) -> None:
 class InvalidSettings(ValueError):
     """A config whose values break its rules; ``problems`` says what is wrong with each."""
 
-    def __init__(self, config_type: type, problems: Sequence[str], flag: str | None) -> None:
+    def __init__(self, config_type: type, problems: Sequence[str]) -> None:
         self.problems = list(problems)
-        hint = f" (on the command line, the setting's flag, e.g. {flag})" if flag else ""
-        super().__init__(f"Invalid {config_type.__name__}: {'; '.join(problems)}. Choose valid values{hint}.")
+        # Not every setting has a flag, so the hint names none rather than guess one.
+        super().__init__(f"Invalid {config_type.__name__}: {'; '.join(problems)}. Choose valid values "
+                         "(a script's --help lists the settings it takes as flags).")
 
 
 def check_settings(config: object, rules: Mapping[str, Rule], also: Sequence[str | None] = ()) -> None:
@@ -81,7 +82,7 @@ def check_settings(config: object, rules: Mapping[str, Rule], also: Sequence[str
     problems = [f"{name} = {getattr(config, name)!r} (must be {rules[name].says})" for name in bad]
     problems += [p for p in also if p]
     if problems:
-        raise InvalidSettings(type(config), problems, "--" + bad[0].replace("_", "-") if bad else None)
+        raise InvalidSettings(type(config), problems)
 
 
 def epochs_problem(total_steps: int, steps_per_epoch: int) -> str | None:
