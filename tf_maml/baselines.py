@@ -24,5 +24,5 @@ def pretrain_on_all_tasks(model: keras.Model, episodes: tf.data.Dataset, steps: 
         return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)), tf.reshape(y, tf.concat([[-1], tf.shape(y)[2:]], 0))
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
-    model.fit(episodes.map(pooled), steps_per_epoch=steps, epochs=1, verbose=verbose)
+    model.fit(episodes.map(pooled), steps_per_epoch=steps, epochs=1, verbose=verbose, shuffle=False)
     return model
