@@ -114,6 +114,35 @@ def test_examples_that_do_not_fit_the_model_input_are_named():
         compiled().adapt(wide[0][0], sy[0])
 
 
+def test_labels_that_would_broadcast_against_the_output_are_named():
+    (sx, sy, qx, qy), _ = sample_sinusoid_tasks([0, 1], 2, 5, 4)
+    maml = compiled()
+    wide_q, wide_s = tf.tile(qy, [1, 1, 2]), tf.tile(sy, [1, 1, 2])
+    with pytest.raises(ValueError, match=r"query labels have shape \(2,\) per example but .* outputs shape \(1,\)"):
+        maml.meta_loss((sx, sy, qx, wide_q))
+    with pytest.raises(ValueError, match=r"support labels have shape \(2,\)"):
+        maml.adapt(sx[0], wide_s[0])
+    with pytest.raises(ValueError, match=r"support labels have shape \(2,\)"):
+        maml.predict_after_adaptation(sx, wide_s, qx)
+    # labels without the trailing unit axis are what Keras losses squeeze or expand: still accepted
+    assert np.isfinite(maml.meta_loss((sx, sy[..., 0], qx, qy[..., 0])).numpy())
+
+
+def test_sparse_and_one_hot_labels_both_pass_the_label_check():
+    inputs = keras.Input((3,))
+    maml = MAML(keras.Model(inputs, keras.layers.Dense(4)(inputs)))
+    x = tf.random.normal([2, 5, 3])
+    sparse = tf.random.uniform([2, 5], maxval=4, dtype=tf.int32)
+    maml.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert np.isfinite(maml.meta_loss((x, sparse, x, sparse)).numpy())
+    assert np.isfinite(maml.meta_loss((x, sparse[..., None], x, sparse[..., None])).numpy())
+    one_hot = tf.one_hot(sparse, 4)
+    maml.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    assert np.isfinite(maml.meta_loss((x, one_hot, x, one_hot)).numpy())
+    with pytest.raises(ValueError, match=r"query labels have shape \(3,\)"):
+        maml.meta_loss((x, one_hot, x, one_hot[..., :3]))
+
+
 def test_multi_output_model_is_refused_at_construction():
     inputs = keras.Input((1,))
     model = keras.Model(inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(2)(inputs)])

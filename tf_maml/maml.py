@@ -211,6 +211,8 @@ class MAML(keras.Model):
         bn_training = training or self.batch_statistics_at_inference
         n_nt = len(self.model.non_trainable_variables)
         _check_example_shape(self.model, batch.support_x.shape[2:])
+        _check_label_shape(self.model, batch.support_y.shape[2:], "support labels")
+        _check_label_shape(self.model, batch.query_y.shape[2:], "query labels")
 
         def per_task(elems):
             sx, sy, qx, qy = elems
@@ -386,6 +388,7 @@ class MAML(keras.Model):
         no_labels = tf.zeros(tf.concat([tf.shape(query_x)[:2], tf.shape(support_y)[2:]], 0), support_y.dtype)
         batch = as_episode_batch((support_x, support_y, query_x, no_labels))
         _check_example_shape(self.model, batch.support_x.shape[2:])
+        _check_label_shape(self.model, batch.support_y.shape[2:], "support labels")
         return fn(batch.support_x, batch.support_y, batch.query_x).numpy()
 
     def adapted_predictions(self, support_x, support_y, query_x, steps: int | None = None) -> tf.Tensor:
@@ -459,6 +462,7 @@ class MAML(keras.Model):
         labels = tf.zeros(tf.concat([tf.shape(query_x)[:1], tf.shape(support_y)[1:]], 0), support_y.dtype)
         batch = as_episode_batch((support_x[None], support_y[None], query_x[None], labels[None]))
         _check_example_shape(self.model, batch.support_x.shape[2:])
+        _check_label_shape(self.model, batch.support_y.shape[2:], "support labels")
         return batch.support_x[0], batch.support_y[0], batch.query_x[0]
 
     # ------------------------------------------------------------------------------- serialisation
@@ -559,6 +563,25 @@ def _check_example_shape(model: keras.Model, example_shape: tf.TensorShape) -> N
         raise ValueError(
             f"The episodes' examples have shape {got} but model '{model.name}' takes inputs of shape {expected} "
             "(per example, after the task and example axes): reshape the data or build the model for it."
+        )
+
+
+def _check_label_shape(model: keras.Model, label_shape: tf.TensorShape, name: str) -> None:
+    """Labels must match the model's output per example, or be sparse (one rank less, or a trailing 1): a
+    loss such as MSE would otherwise broadcast ``[K, 2]`` labels against ``[K, 1]`` outputs without a word."""
+    if not _has_outputs(model) or label_shape.rank is None:
+        return
+    output = tuple(model.outputs[0].shape[1:])
+    labels = tuple(label_shape)
+    if not output or len(labels) < len(output):
+        return  # sparse labels (class ids) or a rank the loss squeezes or expands itself
+    problem = len(labels) > len(output) or any(
+        g is not None and e is not None and g != e and g != 1 for g, e in zip(labels, output))
+    if problem:
+        raise ValueError(
+            f"The episodes' {name} have shape {labels} per example but model '{model.name}' outputs shape {output}: "
+            "the loss would broadcast them against each other. Give one label per output unit (or class ids "
+            "for a sparse loss), or build the model's last layer with the labels' size."
         )
 
 
