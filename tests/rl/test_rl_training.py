@@ -20,28 +20,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_navigation_meta_training_learns_and_resumes_exactly(tmp_path):
-    config = preset("navigation2d", meta_batch_size=8, n_traj=8, num_envs=64, seed=1)
+    # 10 tasks x 10 episodes for 8 iterations: with 8 x 8 for 6 the outcome hung on float32 round-off (a
+    # graph change that moved the natural gradient by 1e-5 turned a +7 gap into -8). Over seeds 1-3 this
+    # budget gave gaps of 12-105 and gains of 22-47, with 16 x 10 evaluation episodes.
+    config = preset("navigation2d", meta_batch_size=10, n_traj=10, num_envs=100, seed=1)
     logdir = str(tmp_path / "run")
     learner = MAMLTRPO(config, logdir)
-    eval_tasks = learner.sampler.sample_tasks(8, seed=999)
+    eval_tasks = learner.sampler.sample_tasks(16, seed=999)
 
     def evaluate(params):
-        r = adaptation_returns(learner.model, params, learner.sampler, eval_tasks, 8, config.fast_lr, steps=1, seed=5)
+        r = adaptation_returns(learner.model, params, learner.sampler, eval_tasks, 10, config.fast_lr, steps=1, seed=5)
         return r.mean(axis=1)
 
     before = evaluate(policy_params(learner.model))
-    history = learner.train(6)
+    history = learner.train(8)
     after = evaluate(policy_params(learner.model))
     assert all(m["kl"] <= config.max_kl + 1e-6 for m in history)
-    assert sum(m["line_search_accepted"] for m in history) >= 4
+    assert sum(m["line_search_accepted"] for m in history) >= 6
     # learning happens: the post-adaptation return of the meta-trained policy beats both its own
     # pre-adaptation return and the post-adaptation return of the initialisation
-    assert after[1] > after[0] + 1.0
-    assert after[1] > before[1] + 5.0
+    assert after[1] > after[0] + 5.0
+    assert after[1] > before[1] + 10.0
 
-    # exact resume: a fresh learner restored from the iteration-6 checkpoint takes the same 7th step
+    # exact resume: a fresh learner restored from the iteration-8 checkpoint takes the same 9th step
     resumed = MAMLTRPO.from_logdir(logdir)
-    assert int(resumed.iteration.numpy()) == 6
+    assert int(resumed.iteration.numpy()) == 8
     np.testing.assert_array_equal(resumed.theta().numpy(), learner.theta().numpy())
     m_a = learner.step()
     m_b = resumed.step()
@@ -49,7 +52,7 @@ def test_navigation_meta_training_learns_and_resumes_exactly(tmp_path):
     np.testing.assert_allclose(resumed.theta().numpy(), learner.theta().numpy(), rtol=0, atol=1e-6)
     assert os.path.exists(os.path.join(logdir, "tensorboard"))
     lines = open(os.path.join(logdir, "metrics.jsonl")).read().splitlines()
-    assert json.loads(lines[-1])["iteration"] == 7
+    assert json.loads(lines[-1])["iteration"] == 9
     learner.close()
     resumed.close()
 
@@ -215,4 +218,29 @@ def test_trust_region_kl_is_the_mean_over_all_post_update_steps():
     pooled = (per_step * mask).sum() / mask.sum()
     per_task = ((per_step * mask).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean()
     assert float(kl) == pytest.approx(pooled, rel=1e-4) and abs(pooled - per_task) > 1e-3 * pooled
+    learner.close()
+
+
+def test_natural_gradient_takes_the_old_policy_from_its_own_forward_pass():
+    """The "old" distributions come from the recorded pass at θ; the result must equal a separate forward pass
+    for them followed by the natural gradient of the surrogate with those held constant."""
+    from tf_maml.rl.trpo import natural_gradient
+
+    config = preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=4, seed=7)
+    learner = MAMLTRPO(config)
+    _, _, pre, _, post = learner.sample_meta_batch(0)
+    theta = learner.theta()
+    old_mean, old_log_std, loss, grad, direction, curvature = learner._natural_gradient(theta, pre, post)
+    want_mean, want_log_std = learner._old_dist(theta, pre, post)
+    np.testing.assert_allclose(old_mean.numpy(), want_mean.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(old_log_std.numpy(), want_log_std.numpy(), rtol=1e-6, atol=1e-7)
+    want = natural_gradient(lambda t: learner._loss_kl(t, pre, post, want_mean, want_log_std), theta,
+                            config.cg_iters, config.cg_damping)
+    for got, expected in zip((loss, grad, direction, curvature), want):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-8)
+    assert float(tf.norm(grad)) > 0
+    # compiled, as meta_update runs it: the same up to float32 reordering (CG amplifies it to ~1e-5)
+    compiled = learner._natural_gradient_fn(theta, pre, post)
+    for got, expected in zip(compiled[2:], want):
+        assert float(tf.norm(got - expected)) <= 1e-3 * float(tf.norm(expected)) + 1e-7
     learner.close()

@@ -221,10 +221,14 @@ class MAMLTRPO:
         return self._post_dist(self._adapted(theta, pre), post.obs)
 
     def _loss_kl(self, theta, pre: Sequence[PGData], post: PGData, old_mean, old_log_std) -> tuple[tf.Tensor, tf.Tensor]:
+        mean, log_std = self._old_dist(theta, pre, post)
+        return self._surrogate_kl(mean, log_std, post, old_mean, old_log_std)
+
+    @staticmethod
+    def _surrogate_kl(mean, log_std, post: PGData, old_mean, old_log_std) -> tuple[tf.Tensor, tf.Tensor]:
         """TRPO surrogate ``−E[π_θ'(a|s)/π_old(a|s) · A]`` (per task, averaged over tasks) and the mean
         KL(π_old ‖ π_θ') over every post-update step of every task, as in the reference code (the two
         differ from a per-task KL only where episodes end early)."""
-        mean, log_std = self._post_dist(self._adapted(theta, pre), post.obs)
         ratio = tf.exp(log_prob(mean, log_std, post.actions) - log_prob(old_mean, old_log_std, post.actions))
         steps = tf.maximum(tf.reduce_sum(post.mask, axis=[1, 2]), 1.0)
         surrogate = -tf.reduce_sum(ratio * post.advantages * post.mask, axis=[1, 2]) / steps
@@ -233,13 +237,21 @@ class MAMLTRPO:
 
     def _natural_gradient(self, theta, pre, post):
         """The sampling policy's post-update distributions, and TRPO's direction for the surrogate with the
-        KL's Hessian through the inner update (:func:`tf_maml.rl.trpo.natural_gradient`)."""
+        KL's Hessian through the inner update (:func:`tf_maml.rl.trpo.natural_gradient`).
+
+        At θ the sampling policy is the adapted policy itself, so the recorded forward pass also gives the
+        "old" distributions (held constant): no separate forward pass, inner update included, for them.
+        """
         c = self.config
-        old_mean, old_log_std = (tf.stop_gradient(t) for t in self._old_dist(theta, pre, post))
-        loss, grad, direction, curvature = natural_gradient(
-            lambda t: self._loss_kl(t, pre, post, old_mean, old_log_std), theta, c.cg_iters, c.cg_damping
-        )
-        return old_mean, old_log_std, loss, grad, direction, curvature
+        old: list[tf.Tensor] = []
+
+        def loss_and_kl(t):
+            mean, log_std = self._old_dist(t, pre, post)
+            old[:] = [tf.stop_gradient(mean), tf.stop_gradient(log_std)]
+            return self._surrogate_kl(mean, log_std, post, *old)
+
+        loss, grad, direction, curvature = natural_gradient(loss_and_kl, theta, c.cg_iters, c.cg_damping)
+        return old[0], old[1], loss, grad, direction, curvature
 
     # ---- one meta-iteration ----
 
