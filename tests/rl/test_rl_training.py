@@ -180,7 +180,16 @@ def test_each_inner_step_samples_its_own_trajectories():
 
     config = preset("navigation2d", meta_batch_size=2, n_traj=3, num_envs=6, inner_steps=2, seed=4)
     learner = MAMLTRPO(config)
+    sampled_with = []
+    sample = learner.sampler.sample
+    learner.sampler.sample = lambda params, *a, **k: sampled_with.append(params) or sample(params, *a, **k)
     tasks, pre_batch, pre, post_batch, post = learner.sample_meta_batch(0)
+    learner.sampler.sample = sample
+    # sampling adapts step by step; each batch comes from the policy the meta-objective adapts to
+    assert len(sampled_with) == 3
+    for k in (1, 2):
+        for got, want in zip(sampled_with[k], learner._adapted_fn(learner.theta(), tuple(pre[:k]))):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
     assert len(pre) == 2 and not np.allclose(pre[0].obs.numpy(), pre[1].obs.numpy())
     np.testing.assert_array_equal(pre[0].obs.numpy(), pre_batch.obs)
     one = inner_update(learner.model, tile_params(policy_params(learner.model), 2), pre[0], config.fast_lr, 1, False, True)

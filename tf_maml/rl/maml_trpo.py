@@ -172,6 +172,7 @@ class MAMLTRPO:
             self.writer = tf.summary.create_file_writer(os.path.join(logdir, "tensorboard"))
         self._like = policy_params(self.model)
         self._adapted_fn = tf.function(self._adapted, reduce_retracing=True)
+        self._one_more_step_fn = tf.function(self._one_more_step, reduce_retracing=True)
         self._loss_kl_fn = tf.function(self._loss_kl, reduce_retracing=True)
         self._natural_gradient_fn = tf.function(self._natural_gradient, reduce_retracing=True)
 
@@ -212,6 +213,12 @@ class MAMLTRPO:
         for data in pre:
             params = inner_update(self.model, params, data, c.fast_lr, 1, c.first_order, c.vectorize)
         return params
+
+    def _one_more_step(self, stacked_params: Sequence[tf.Tensor], data: PGData) -> list[tf.Tensor]:
+        """One more inner step from per-task parameters, for sampling only (no meta-gradient needed), so
+        sampling k inner steps costs k steps rather than the 1 + 2 + … + k of re-adapting from θ each time."""
+        c = self.config
+        return inner_update(self.model, stacked_params, data, c.fast_lr, 1, True, c.vectorize)
 
     def _post_dist(self, adapted: Sequence[tf.Tensor], obs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         out = per_task(lambda p, o: tf.concat(distribution(self.model, p, o), -1), adapted, (obs,), self.config.vectorize)
@@ -270,7 +277,6 @@ class MAMLTRPO:
         """
         c = self.config
         tasks = self.sampler.sample_tasks(c.meta_batch_size, _seed(c.seed, iteration, 0))
-        theta = self.theta()
         pre: list[PGData] = []
         pre_batch = None
         params, adapted_per_task = policy_params(self.model), False
@@ -281,7 +287,8 @@ class MAMLTRPO:
             self._check_finite(iteration + 1, {f"{which} rewards": batch.rewards})
             pre.append(to_pg_data(batch, c.gamma, c.gae_lambda))
             pre_batch = batch if pre_batch is None else pre_batch
-            params, adapted_per_task = self._adapted_fn(theta, tuple(pre)), True
+            start = params if adapted_per_task else tile_params(params, c.meta_batch_size)
+            params, adapted_per_task = self._one_more_step_fn(start, pre[-1]), True
             self._check_finite(iteration + 1, {"adapted parameters": flatten(params).numpy()})
         post_batch = self.sampler.sample(params, tasks, c.n_traj, _seed(c.seed, iteration, 2),
                                          per_task_params=adapted_per_task)
