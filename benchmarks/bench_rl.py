@@ -2,6 +2,7 @@
 
     python benchmarks/bench_rl.py            # paper-sized Navigation2D (20 tasks × 20 episodes) + HalfCheetah
     python benchmarks/bench_rl.py --quick    # tiny sizes, for the test suite
+    python benchmarks/bench_rl.py --vector-envs   # MuJoCo: subprocess vs in-process vector envs
 
 Meta-iteration time is measured for both ways of handling the task axis (``vectorized_map`` vs an
 unrolled loop), excluding the first (tracing) iteration, which is reported separately.
@@ -10,6 +11,7 @@ unrolled loop), excluding the first (tracing) iteration, which is reported separ
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -18,14 +20,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def bench_sampler(env_id: str, tasks: int, n_traj: int, num_envs: int, repeats: int) -> dict:
+def bench_sampler(env_id: str, tasks: int, n_traj: int, num_envs: int, repeats: int,
+                  asynchronous: bool | None = None) -> dict:
     from tf_maml.rl.policy import build_policy, policy_params
     from tf_maml.rl.sampler import Sampler
 
     probe = Sampler(env_id, build_policy(1, 1), num_envs=1, asynchronous=False)
     model = build_policy(probe.obs_dim, probe.act_dim, seed=0)
     probe.close()
-    sampler = Sampler(env_id, model, num_envs=num_envs)
+    sampler = Sampler(env_id, model, num_envs=num_envs, asynchronous=asynchronous)
     task_list = sampler.sample_tasks(tasks, 0)
     sampler.sample(policy_params(model), task_list, n_traj, seed=0)  # warm-up: trace + worker start
     t0, steps = time.perf_counter(), 0
@@ -60,12 +63,21 @@ def bench_meta_iteration(env: str, iterations: int, vectorize: bool, **overrides
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--vector-envs", action="store_true",
+                   help="only compare vector envs for MuJoCo at the reduced batch (10 tasks x 10 episodes): "
+                        "subprocess (async) against in-process (sync), by number of envs")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.quick:
         runs = [
             lambda: bench_sampler("tf_maml/Navigation2D-v0", 4, 4, 16, 1),
             lambda: bench_meta_iteration("navigation2d", 1, True, meta_batch_size=3, n_traj=3, num_envs=9),
+        ]
+    elif args.vector_envs:
+        runs = [
+            functools.partial(bench_sampler, env_id, 10, 10, num_envs, 2, asynchronous)
+            for env_id in ("tf_maml/HalfCheetahDir-v0", "tf_maml/AntDir-v0")
+            for num_envs, asynchronous in ((10, True), (20, True), (10, False), (100, False))
         ]
     else:
         runs = [

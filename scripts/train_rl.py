@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--inner-steps", type=int)
     p.add_argument("--first-order", action="store_true", default=None)
     p.add_argument("--num-envs", type=int)
+    p.add_argument("--vector-env", choices=["sync", "async"],
+                   help="run the envs in this process (sync) or one subprocess each (async); a speed choice "
+                        "only, the episodes are the same, and a resumed run may change it (default: async "
+                        "for MuJoCo, sync for navigation)")
     p.add_argument("--loop", action="store_true", help="unrolled task loop instead of vectorized_map")
     p.add_argument("--seed", type=int)
     p.add_argument("--progress", action="store_true")
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         inner_steps=args.inner_steps,
         first_order=args.first_order,
         num_envs=args.num_envs,
+        asynchronous=None if args.vector_env is None else args.vector_env == "async",
         vectorize=False if args.loop else None,
         seed=args.seed,
     )

@@ -108,3 +108,19 @@ def test_sampler_async_mujoco_with_termination():
     assert np.all(np.diff(m, axis=-1) <= 0)  # once done, masked for the rest of the horizon
     assert np.all(batch.rewards[m == 0] == 0)
     sampler.close()
+
+
+def test_in_process_and_subprocess_vector_envs_sample_the_same_episodes():
+    """The vector-env kind is a speed choice only: same seed, same episodes (terminations included)."""
+    model = build_policy(105, 8, seed=0, init_log_std=1.5)
+    batches = []
+    for asynchronous in (True, False):
+        sampler = Sampler("tf_maml/AntDir-v0", model, num_envs=2, asynchronous=asynchronous)
+        assert sampler.asynchronous == asynchronous
+        batches.append(sampler.sample(policy_params(model), sampler.sample_tasks(2, seed=3), n_traj=2, seed=5))
+        sampler.close()
+    a, b = batches
+    assert (a.mask[..., -1] == 0).any()
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_allclose(a.obs, b.obs, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.rewards, b.rewards, rtol=0, atol=1e-6)

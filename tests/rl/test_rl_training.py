@@ -121,6 +121,11 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
         assert re.search(says, capsys.readouterr().err)
     train_rl.main(["--env", "navigation2d", "--meta-batch-size", "2", "--iterations", "1", "--logdir", logdir])
     assert "it    1" in capsys.readouterr().out
+    # the vector-env kind is a speed choice, not a setting of the run: a resume may change it
+    resumed = MAMLTRPO.for_run(preset("navigation2d", asynchronous=True), logdir, {"asynchronous": True})
+    assert resumed.sampler.asynchronous and resumed.config.meta_batch_size == 2
+    resumed.close()
+    assert json.load(open(os.path.join(logdir, "config.json")))["asynchronous"] is None
 
 
 def test_unfinished_runs_are_not_evaluated_and_a_lost_iteration_is_logged_once(tmp_path, monkeypatch):

@@ -179,14 +179,15 @@ class MAMLTRPO:
     @classmethod
     def for_run(cls, config: MAMLTRPOConfig, logdir: str, asked: dict, progress: bool = False) -> "MAMLTRPO":
         """A new run of ``config`` in ``logdir``, or the run already there with its own settings, which must
-        agree with the ``asked`` ones (ValueError saying which differ, before anything is touched)."""
+        agree with the ``asked`` ones (ValueError saying which differ, before anything is touched). The
+        vector-env kind (``asynchronous``) changes speed, not episodes, so it follows ``config`` on resume."""
         config_path = os.path.join(logdir, "config.json")
         if not os.path.exists(config_path):
             return cls(config, logdir, progress=progress)
         with open(config_path) as f:
             saved = MAMLTRPOConfig.from_json(f.read(), source=config_path)
-        check_resume_settings(saved, asked, logdir)
-        return cls(saved, logdir, progress=progress)
+        check_resume_settings(saved, {k: v for k, v in asked.items() if k != "asynchronous"}, logdir)
+        return cls(dataclasses.replace(saved, asynchronous=config.asynchronous), logdir, progress=progress)
 
     @classmethod
     def from_logdir(cls, logdir: str, **overrides) -> "MAMLTRPO":
