@@ -1,5 +1,7 @@
 """Bad input fails early, says what was wrong and how to fix it, and loses nothing already saved."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -141,6 +143,42 @@ def test_sparse_and_one_hot_labels_both_pass_the_label_check():
     assert np.isfinite(maml.meta_loss((x, one_hot, x, one_hot)).numpy())
     with pytest.raises(ValueError, match=r"query labels have shape \(3,\)"):
         maml.meta_loss((x, one_hot, x, one_hot[..., :3]))
+
+
+def _packed_loss(y, pred):  # a user's loss: labels carry a weight column beside the target
+    return tf.reduce_mean((y[..., :1] - pred) ** 2 * y[..., 1:])
+
+
+@pytest.mark.parametrize("output, loss, labels, accepted", [
+    ((1,), "mse", (1,), True),
+    ((1,), "mse", (), True),  # Keras' losses add the unit axis
+    ((1,), "mse", (2,), False),
+    ((2,), "mse", (1,), False),  # the mirror case broadcasts as well
+    ((2,), "mse", (), False),
+    ((4,), "sparse_categorical_crossentropy", (), True),
+    ((4,), keras.losses.SparseCategoricalCrossentropy(from_logits=True), (1,), True),
+    ((4,), keras.losses.SparseCategoricalCrossentropy(), (4,), False),
+    ((4,), keras.losses.CategoricalCrossentropy(), (4,), True),
+    ((4,), keras.losses.CategoricalCrossentropy(), (), False),  # class ids given to a one-hot loss
+    ((1,), keras.losses.BinaryCrossentropy(), (), True),
+    ((5, 5), "mse", (5, 5, 1), True),
+    ((5, 5, 1), "binary_crossentropy", (5, 5), True),
+    ((5, 5, 3), keras.losses.SparseCategoricalCrossentropy(), (5, 5), True),  # per-pixel classes
+    ((5, 5, 3), "mse", (1, 5, 3), False),
+    ((1,), _packed_loss, (2,), True),  # the user's own loss reads its labels as it likes: not checked
+    ((1,), keras.losses.Huber(), (2,), False),
+])
+def test_label_shapes_are_checked_as_the_loss_reads_them(output, loss, labels, accepted):
+    from tf_maml.maml import _check_label_shape
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Reshape(output)(keras.layers.Dense(int(np.prod(output)))(inputs)))
+    check = lambda: _check_label_shape(model, keras.losses.get(loss), tf.TensorShape(labels), "labels")  # noqa: E731
+    if accepted:
+        check()
+    else:
+        with pytest.raises(ValueError, match=rf"labels have shape {re.escape(str(labels))} per example .* outputs shape"):
+            check()
 
 
 def test_multi_output_model_is_refused_at_construction():

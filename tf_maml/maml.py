@@ -167,6 +167,11 @@ class MAML(keras.Model):
             raise ValueError("MAML supports one loss for a single-output model; got several.")
         return keras.losses.get(loss)
 
+    def _compiled_loss_fn(self):
+        """The compiled loss, or None before ``compile`` (shape checks that need it are then skipped)."""
+        loss = getattr(self, "loss", None)
+        return None if loss is None or isinstance(loss, (list, tuple, dict)) else keras.losses.get(loss)
+
     def _forward(self, params, x, training, non_trainable=None):
         return inner_loop.functional_call(self.model, params, x, training, non_trainable)
 
@@ -211,8 +216,8 @@ class MAML(keras.Model):
         bn_training = training or self.batch_statistics_at_inference
         n_nt = len(self.model.non_trainable_variables)
         _check_example_shape(self.model, batch.support_x.shape[2:])
-        _check_label_shape(self.model, batch.support_y.shape[2:], "support labels")
-        _check_label_shape(self.model, batch.query_y.shape[2:], "query labels")
+        _check_label_shape(self.model, self._compiled_loss_fn(), batch.support_y.shape[2:], "support labels")
+        _check_label_shape(self.model, self._compiled_loss_fn(), batch.query_y.shape[2:], "query labels")
 
         def per_task(elems):
             sx, sy, qx, qy = elems
@@ -388,7 +393,7 @@ class MAML(keras.Model):
         no_labels = tf.zeros(tf.concat([tf.shape(query_x)[:2], tf.shape(support_y)[2:]], 0), support_y.dtype)
         batch = as_episode_batch((support_x, support_y, query_x, no_labels))
         _check_example_shape(self.model, batch.support_x.shape[2:])
-        _check_label_shape(self.model, batch.support_y.shape[2:], "support labels")
+        _check_label_shape(self.model, self._compiled_loss_fn(), batch.support_y.shape[2:], "support labels")
         return fn(batch.support_x, batch.support_y, batch.query_x).numpy()
 
     def adapted_predictions(self, support_x, support_y, query_x, steps: int | None = None) -> tf.Tensor:
@@ -462,7 +467,7 @@ class MAML(keras.Model):
         labels = tf.zeros(tf.concat([tf.shape(query_x)[:1], tf.shape(support_y)[1:]], 0), support_y.dtype)
         batch = as_episode_batch((support_x[None], support_y[None], query_x[None], labels[None]))
         _check_example_shape(self.model, batch.support_x.shape[2:])
-        _check_label_shape(self.model, batch.support_y.shape[2:], "support labels")
+        _check_label_shape(self.model, self._compiled_loss_fn(), batch.support_y.shape[2:], "support labels")
         return batch.support_x[0], batch.support_y[0], batch.query_x[0]
 
     # ------------------------------------------------------------------------------- serialisation
@@ -566,22 +571,47 @@ def _check_example_shape(model: keras.Model, example_shape: tf.TensorShape) -> N
         )
 
 
-def _check_label_shape(model: keras.Model, label_shape: tf.TensorShape, name: str) -> None:
-    """Labels must match the model's output per example, or be sparse (one rank less, or a trailing 1): a
-    loss such as MSE would otherwise broadcast ``[K, 2]`` labels against ``[K, 1]`` outputs without a word."""
-    if not _has_outputs(model) or label_shape.rank is None:
+def _label_kind(loss) -> str | None:
+    """``"sparse"`` (class ids) or ``"dense"`` (one label per output unit) for Keras' own losses; None for a
+    loss of the user's, which may pack its labels as it likes (extra columns, weights) and is not checked."""
+    if loss is None:
+        return None
+    fn = getattr(loss, "fn", loss)  # Keras wraps its loss functions in LossFunctionWrapper objects
+    if not all(getattr(x, "__module__", "").startswith("keras.") for x in (type(loss) if isinstance(loss, keras.losses.Loss) else loss, fn)):
+        return None
+    name = getattr(loss, "name", None) or getattr(loss, "__name__", "")
+    return "sparse" if "sparse" in name else "dense"
+
+
+def _check_label_shape(model: keras.Model, loss, label_shape: tf.TensorShape, name: str) -> None:
+    """Labels must fit the model's output per example as the loss reads them, or a loss such as MSE would
+    broadcast ``[K, 2]`` labels against ``[K, 1]`` outputs (or ``[K, 1]`` against ``[K, 2]``) without a word.
+    Checked for Keras' own losses only (see :func:`_label_kind`), on static shapes, once per trace."""
+    kind = _label_kind(loss)
+    if kind is None or not _has_outputs(model) or label_shape.rank is None:
         return
     output = tuple(model.outputs[0].shape[1:])
     labels = tuple(label_shape)
-    if not output or len(labels) < len(output):
-        return  # sparse labels (class ids) or a rank the loss squeezes or expands itself
-    problem = len(labels) > len(output) or any(
-        g is not None and e is not None and g != e and g != 1 for g, e in zip(labels, output))
-    if problem:
+
+    def same(a: tuple, b: tuple) -> bool:
+        return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+    if kind == "sparse":
+        fits, wanted = bool(output) and (same(labels, output[:-1]) or same(labels, output[:-1] + (1,))), (
+            f"class ids of shape {output[:-1]} (or {output[:-1] + (1,)})")
+    else:
+        a, b = labels, output  # a trailing unit axis on either side is squeezed by Keras' losses
+        if len(a) == len(b) + 1 and a[-1] == 1:
+            a = a[:-1]
+        elif len(b) == len(a) + 1 and b[-1] == 1:
+            b = b[:-1]
+        fits, wanted = same(a, b), f"shape {output}, one label per output unit"
+    if not fits:
         raise ValueError(
-            f"The episodes' {name} have shape {labels} per example but model '{model.name}' outputs shape {output}: "
-            "the loss would broadcast them against each other. Give one label per output unit (or class ids "
-            "for a sparse loss), or build the model's last layer with the labels' size."
+            f"The episodes' {name} have shape {labels} per example but model '{model.name}' outputs shape {output}, "
+            f"and its loss '{getattr(loss, 'name', None) or getattr(loss, '__name__', loss)}' needs {wanted}: "
+            "otherwise the loss would broadcast the two against each other. Reshape the labels, build the "
+            "model's last layer for them, or pick the loss that matches them (sparse for class ids)."
         )
 
 
