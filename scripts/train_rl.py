@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-envs", type=int)
     p.add_argument("--vector-env", choices=["sync", "async"],
                    help="run the envs in this process (sync) or one subprocess each (async); a speed choice "
-                        "only, the episodes are the same, and a resumed run may change it (default: async "
-                        "for MuJoCo, sync for navigation)")
+                        "only, the episodes are the same, and a resumed run may change it (default: the run's "
+                        "own; for a new run async for MuJoCo, sync for navigation, whose 400 envs would be 400 "
+                        "processes)")
     p.add_argument("--loop", action="store_true", help="unrolled task loop instead of vectorized_map")
     p.add_argument("--seed", type=int)
     p.add_argument("--progress", action="store_true")

@@ -126,6 +126,9 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
     assert resumed.sampler.asynchronous and resumed.config.meta_batch_size == 2
     resumed.close()
     assert json.load(open(os.path.join(logdir, "config.json")))["asynchronous"] is None
+    kept = MAMLTRPO.for_run(preset("navigation2d", asynchronous=True), logdir, {})  # not asked: the run's own
+    assert not kept.sampler.asynchronous
+    kept.close()
 
 
 def test_unfinished_runs_are_not_evaluated_and_a_lost_iteration_is_logged_once(tmp_path, monkeypatch):

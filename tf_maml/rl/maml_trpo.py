@@ -180,14 +180,16 @@ class MAMLTRPO:
     def for_run(cls, config: MAMLTRPOConfig, logdir: str, asked: dict, progress: bool = False) -> "MAMLTRPO":
         """A new run of ``config`` in ``logdir``, or the run already there with its own settings, which must
         agree with the ``asked`` ones (ValueError saying which differ, before anything is touched). The
-        vector-env kind (``asynchronous``) changes speed, not episodes, so it follows ``config`` on resume."""
+        vector-env kind (``asynchronous``) changes speed, not episodes, so a resume may ask for another one
+        (else it keeps the run's own)."""
         config_path = os.path.join(logdir, "config.json")
         if not os.path.exists(config_path):
             return cls(config, logdir, progress=progress)
         with open(config_path) as f:
             saved = MAMLTRPOConfig.from_json(f.read(), source=config_path)
         check_resume_settings(saved, {k: v for k, v in asked.items() if k != "asynchronous"}, logdir)
-        return cls(dataclasses.replace(saved, asynchronous=config.asynchronous), logdir, progress=progress)
+        vector_env = asked.get("asynchronous", saved.asynchronous)
+        return cls(dataclasses.replace(saved, asynchronous=vector_env), logdir, progress=progress)
 
     @classmethod
     def from_logdir(cls, logdir: str, **overrides) -> "MAMLTRPO":
@@ -229,6 +231,7 @@ class MAMLTRPO:
         return self._post_dist(self._adapted(theta, pre), post.obs)
 
     def _loss_kl(self, theta, pre: Sequence[PGData], post: PGData, old_mean, old_log_std) -> tuple[tf.Tensor, tf.Tensor]:
+        """Surrogate and KL at ``theta`` against fixed old distributions (the line search's candidates)."""
         mean, log_std = self._old_dist(theta, pre, post)
         return self._surrogate_kl(mean, log_std, post, old_mean, old_log_std)
 
