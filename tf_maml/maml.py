@@ -577,7 +577,8 @@ def _label_kind(loss) -> str | None:
     if loss is None:
         return None
     fn = getattr(loss, "fn", loss)  # Keras wraps its loss functions in LossFunctionWrapper objects
-    if not all(getattr(x, "__module__", "").startswith("keras.") for x in (type(loss) if isinstance(loss, keras.losses.Loss) else loss, fn)):
+    owner = type(loss) if isinstance(loss, keras.losses.Loss) else loss
+    if not all(getattr(x, "__module__", "").startswith("keras.") for x in (owner, fn)):
         return None
     name = getattr(loss, "name", None) or getattr(loss, "__name__", "")
     return "sparse" if "sparse" in name else "dense"
