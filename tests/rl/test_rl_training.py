@@ -227,10 +227,10 @@ def test_trust_region_kl_is_the_mean_over_all_post_update_steps():
     mask[0, :, 10:] = 0.0  # task 0's episodes end after 10 steps
     post = post._replace(mask=tf.constant(mask))
     theta = learner.theta()
-    old_mean, old_log_std = learner._old_dist(theta, pre, post)
+    old_mean, old_log_std = learner._adapted_dist(theta, pre, post)
     moved = theta + 0.01 * tf.random.stateless_normal(theta.shape, [1, 2])
     _, kl = learner._loss_kl(moved, pre, post, old_mean, old_log_std)
-    mean, log_std = learner._old_dist(moved, pre, post)
+    mean, log_std = learner._adapted_dist(moved, pre, post)
     per_step = kl_divergence(old_mean, old_log_std, mean, log_std).numpy()
     pooled = (per_step * mask).sum() / mask.sum()
     per_task = ((per_step * mask).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))).mean()
@@ -248,7 +248,7 @@ def test_natural_gradient_takes_the_old_policy_from_its_own_forward_pass():
     _, _, pre, _, post = learner.sample_meta_batch(0)
     theta = learner.theta()
     old_mean, old_log_std, loss, grad, direction, curvature = learner._natural_gradient(theta, pre, post)
-    want_mean, want_log_std = learner._old_dist(theta, pre, post)
+    want_mean, want_log_std = learner._adapted_dist(theta, pre, post)
     np.testing.assert_allclose(old_mean.numpy(), want_mean.numpy(), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(old_log_std.numpy(), want_log_std.numpy(), rtol=1e-6, atol=1e-7)
     want = natural_gradient(lambda t: learner._loss_kl(t, pre, post, want_mean, want_log_std), theta,

@@ -227,12 +227,13 @@ class MAMLTRPO:
         out = per_task(lambda p, o: tf.concat(distribution(self.model, p, o), -1), adapted, (obs,), self.config.vectorize)
         return tf.split(out, 2, axis=-1)
 
-    def _old_dist(self, theta: tf.Tensor, pre: Sequence[PGData], post: PGData) -> tuple[tf.Tensor, tf.Tensor]:
+    def _adapted_dist(self, theta: tf.Tensor, pre: Sequence[PGData], post: PGData) -> tuple[tf.Tensor, tf.Tensor]:
+        """The policies adapted from ``theta`` on ``pre``: their distributions on the post-update states."""
         return self._post_dist(self._adapted(theta, pre), post.obs)
 
     def _loss_kl(self, theta, pre: Sequence[PGData], post: PGData, old_mean, old_log_std) -> tuple[tf.Tensor, tf.Tensor]:
         """Surrogate and KL at ``theta`` against fixed old distributions (the line search's candidates)."""
-        mean, log_std = self._old_dist(theta, pre, post)
+        mean, log_std = self._adapted_dist(theta, pre, post)
         return self._surrogate_kl(mean, log_std, post, old_mean, old_log_std)
 
     @staticmethod
@@ -257,7 +258,7 @@ class MAMLTRPO:
         old: list[tf.Tensor] = []
 
         def loss_and_kl(t):
-            mean, log_std = self._old_dist(t, pre, post)
+            mean, log_std = self._adapted_dist(t, pre, post)
             old[:] = [tf.stop_gradient(mean), tf.stop_gradient(log_std)]
             return self._surrogate_kl(mean, log_std, post, *old)
 
