@@ -188,6 +188,7 @@ def test_each_inner_step_samples_its_own_trajectories():
 
     config = preset("navigation2d", meta_batch_size=2, n_traj=3, num_envs=6, inner_steps=2, seed=4)
     learner = MAMLTRPO(config)
+    adapted = tf.function(learner._adapted)  # compiled, as the meta-objective runs it
     sampled_with = []
     sample = learner.sampler.sample
     learner.sampler.sample = lambda params, *a, **k: sampled_with.append(params) or sample(params, *a, **k)
@@ -196,13 +197,13 @@ def test_each_inner_step_samples_its_own_trajectories():
     # sampling adapts step by step; each batch comes from the policy the meta-objective adapts to
     assert len(sampled_with) == 3
     for k in (1, 2):
-        for got, want in zip(sampled_with[k], learner._adapted_fn(learner.theta(), tuple(pre[:k]))):
+        for got, want in zip(sampled_with[k], adapted(learner.theta(), tuple(pre[:k]))):
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
     assert len(pre) == 2 and not np.allclose(pre[0].obs.numpy(), pre[1].obs.numpy())
     np.testing.assert_array_equal(pre[0].obs.numpy(), pre_batch.obs)
     one = inner_update(learner.model, tile_params(policy_params(learner.model), 2), pre[0], config.fast_lr, 1, False, True)
     two = inner_update(learner.model, one, pre[1], config.fast_lr, 1, False, True)
-    for got, want in zip(learner._adapted_fn(learner.theta(), pre), two):
+    for got, want in zip(adapted(learner.theta(), pre), two):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
     # Reusing the pre-update episodes for step 2 (what this replaced) would give other parameters.
     same_data_twice = inner_update(learner.model, one, pre[0], config.fast_lr, 1, False, True)

@@ -171,7 +171,6 @@ class MAMLTRPO:
                 self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             self.writer = tf.summary.create_file_writer(os.path.join(logdir, "tensorboard"))
         self._like = policy_params(self.model)
-        self._adapted_fn = tf.function(self._adapted, reduce_retracing=True)
         self._one_more_step_fn = tf.function(self._one_more_step, reduce_retracing=True)
         self._loss_kl_fn = tf.function(self._loss_kl, reduce_retracing=True)
         self._natural_gradient_fn = tf.function(self._natural_gradient, reduce_retracing=True)
