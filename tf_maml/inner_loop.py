@@ -182,7 +182,7 @@ def recompute_tasks(map_tasks: Callable, task_fn: Callable, elems: tuple) -> obj
 def adapt(
     params: Sequence[tf.Tensor],
     loss_fn: Callable[[Sequence[tf.Tensor]], tf.Tensor],
-    learning_rates: Sequence[tf.Tensor | None],
+    learning_rates: Sequence[tf.Tensor | None] | Callable[[int], Sequence[tf.Tensor | None]],
     steps: int,
     first_order: bool,
     on_step: Callable[[int, list[tf.Tensor]], None] | None = None,
@@ -191,8 +191,9 @@ def adapt(
     """``steps`` gradient steps (unrolled at trace time, so the graph is static and differentiable).
 
     ``on_step(k, params)`` is called with the parameters after k steps for k = 0..steps, which lets
-    evaluation read predictions after every step from one adaptation. ``recompute`` (second order
-    only; first order keeps no step intermediates anyway) uses :func:`recomputed_gradient_step`.
+    evaluation read predictions after every step from one adaptation. ``learning_rates`` may be a function
+    of the step index k = 0..steps−1 (per-step rates). ``recompute`` (second order only; first order keeps
+    no step intermediates anyway) uses :func:`recomputed_gradient_step`.
     """
     if steps < 0:
         raise ValueError(f"inner steps must be >= 0, got {steps}.")
@@ -200,10 +201,11 @@ def adapt(
     if on_step is not None:
         on_step(0, params)
     for k in range(steps):
+        rates = learning_rates(k) if callable(learning_rates) else learning_rates
         if recompute and not first_order:
-            params = recomputed_gradient_step(params, loss_fn, learning_rates)
+            params = recomputed_gradient_step(params, loss_fn, rates)
         else:
-            params, _ = gradient_step(params, loss_fn, learning_rates, first_order)
+            params, _ = gradient_step(params, loss_fn, rates, first_order)
         if on_step is not None:
             on_step(k + 1, params)
     return params

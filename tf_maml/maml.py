@@ -10,10 +10,12 @@ import tensorflow as tf
 
 from tf_maml import inner_loop
 from tf_maml.episode_batch import EpisodeBatch, as_episode_batch
-from tf_maml.settings import BOOLEAN, check_value, integer, number
+from tf_maml.settings import BOOLEAN, Rule, check_value, integer, number
 
 BATCH_NORM_MODES = ("transductive", "running")
 TASK_EXECUTIONS = ("vectorized", "map", "loop")
+LEARN_INNER_LR = Rule(lambda v: isinstance(v, (bool, np.bool_)) or (isinstance(v, str) and v == "per_step"),
+                      "False, True (Meta-SGD) or 'per_step' (MAML++'s LSLR)")
 _NONFINITE_MARKER = "tf_maml: non-finite meta-loss"
 
 
@@ -32,7 +34,13 @@ class MAML(keras.Model):
         eval_inner_steps: steps during ``evaluate``/``adapt`` (default ``inner_steps``; the paper's reference
             code takes 10 at meta-test).
         first_order: treat the inner gradients as constants in the meta-gradient (FOMAML).
-        learn_inner_lr: Meta-SGD: one learned step size per parameter element, trained with θ.
+        learn_inner_lr: learn the inner step sizes with θ, starting from ``inner_lr``. ``True``: Meta-SGD, one
+            rate per parameter element. ``"per_step"``: MAML++'s LSLR, one rate per weight tensor and inner
+            step; steps beyond ``inner_steps`` (e.g. more steps at evaluation) reuse the last step's rates.
+        multi_step_loss: MAML++'s multi-step loss: the meta-objective weighs the query loss after every inner
+            step, uniformly at first and then linearly towards the last step alone, which it reaches after
+            this many meta-steps (counted by ``optimizer.iterations``); from then on it is MAML's own loss.
+            It steadies early training of many-step models. ``0`` (default) is off.
         adapt_layers: names of the layers adapted in the inner loop (ANIL: only the head); the rest stay
             at θ. ``None`` adapts every trainable weight.
         batch_norm: ``"transductive"`` uses the statistics of the current batch everywhere, meta-test
@@ -54,7 +62,8 @@ class MAML(keras.Model):
         inner_steps: int = 1,
         eval_inner_steps: int | None = None,
         first_order: bool = False,
-        learn_inner_lr: bool = False,
+        learn_inner_lr: bool | str = False,
+        multi_step_loss: int = 0,
         adapt_layers: Sequence[str] | None = None,
         batch_norm: str = "transductive",
         task_execution: str = "vectorized",
@@ -70,9 +79,10 @@ class MAML(keras.Model):
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}.")
         if task_execution not in TASK_EXECUTIONS:
             raise ValueError(f"task_execution must be one of {TASK_EXECUTIONS}, got {task_execution!r}.")
-        for name, flag in (("first_order", first_order), ("learn_inner_lr", learn_inner_lr),
-                           ("recompute_inner_loop", recompute_inner_loop)):
+        for name, flag in (("first_order", first_order), ("recompute_inner_loop", recompute_inner_loop)):
             check_value(name, bool(flag) if isinstance(flag, np.bool_) else flag, BOOLEAN)
+        learn_inner_lr = _checked_learn_inner_lr(learn_inner_lr, inner_steps)
+        check_value("multi_step_loss", multi_step_loss, integer(0))
         if isinstance(adapt_layers, str):
             raise TypeError(f"adapt_layers takes a list of layer names, e.g. [{adapt_layers!r}], got the string {adapt_layers!r}.")
         self.model = model
@@ -80,23 +90,26 @@ class MAML(keras.Model):
         self.inner_steps = int(inner_steps)
         self.eval_inner_steps = int(inner_steps if eval_inner_steps is None else eval_inner_steps)
         self.first_order = bool(first_order)
-        self.learn_inner_lr = bool(learn_inner_lr)
+        self.learn_inner_lr = learn_inner_lr
+        self.multi_step_loss = int(multi_step_loss)
         self.adapt_layers = None if adapt_layers is None else list(adapt_layers)
         self.batch_norm = batch_norm
         self.task_execution = task_execution
         self.recompute_inner_loop = bool(recompute_inner_loop)
         self._adapted = _adapted_mask(model, self.adapt_layers)
-        # Meta-SGD learns one rate per parameter element; a fixed rate needs only a scalar.
+        # Meta-SGD learns one rate per parameter element, LSLR one per inner step; a fixed rate is a scalar.
         self.inner_lrs = []
         for i, var in enumerate(model.trainable_variables):
             if not self._adapted[i]:
                 self.inner_lrs.append(None)
                 continue
+            shape = {False: (), True: tuple(var.shape), "per_step": (self.inner_steps,)}[self.learn_inner_lr]
             self.inner_lrs.append(
                 self.add_weight(
-                    shape=tuple(var.shape) if self.learn_inner_lr else (),
-                    initializer=keras.initializers.Constant(self.inner_lr),
-                    trainable=self.learn_inner_lr,
+                    shape=shape,
+                    # Filled in the variable's own dtype: Keras' Constant rounds through float32.
+                    initializer=lambda shape, dtype: tf.fill(shape, tf.constant(self.inner_lr, dtype)),
+                    trainable=bool(self.learn_inner_lr),
                     dtype=var.dtype,
                     name=f"inner_lr_{i}",
                 )
@@ -175,10 +188,17 @@ class MAML(keras.Model):
     def _forward(self, params, x, training, non_trainable=None):
         return inner_loop.functional_call(self.model, params, x, training, non_trainable)
 
-    def _adapt_task(self, sx, sy, qx, steps, training, first_order, record_steps=None):
-        """Adapt θ on one task's support set; return query predictions after ``record_steps`` steps."""
-        learning_rates = [None if lr is None else lr.value for lr in self.inner_lrs]
-        recorded = {}
+    def _learning_rates(self):
+        """The inner rates as ``inner_loop.adapt`` takes them: a list aligned with the weights, or for
+        per-step rates a function of the step index."""
+        rates = [None if lr is None else lr.value for lr in self.inner_lrs]
+        if self.learn_inner_lr != "per_step":
+            return rates
+        last = self.inner_steps - 1
+        return lambda k: [None if r is None else r[min(k, last)] for r in rates]
+
+    def _adapt_task(self, sx, sy, steps, training, first_order, on_step=None):
+        """θ adapted on one task's support set; ``on_step(k, params)`` sees the parameters after each step."""
         # Read once, as tensors: a recomputed step must not read variables again inside a loop's gradient.
         non_trainable = [tf.convert_to_tensor(v.value) for v in self.model.non_trainable_variables]
 
@@ -186,16 +206,20 @@ class MAML(keras.Model):
             pred, _, reg = self._forward(params, sx, training, non_trainable)
             return self._task_loss(sy, pred) + reg
 
-        def record(k, params):
-            if record_steps is not None and k in record_steps:
-                recorded[k] = self._forward(params, qx, training)
-
         params = [v.value for v in self.model.trainable_variables]
-        params = inner_loop.adapt(params, support_loss, learning_rates, steps, first_order, record,
-                                  recompute=self.recompute_inner_loop)
-        if record_steps is not None:
-            return [recorded[k][0] for k in record_steps]
-        return params
+        return inner_loop.adapt(params, support_loss, self._learning_rates(), steps, first_order, on_step,
+                                recompute=self.recompute_inner_loop)
+
+    def _query_predictions(self, sx, sy, qx, training, record_steps):
+        """Query predictions after each number of inner steps in ``record_steps``, from one adaptation."""
+        recorded = {}
+
+        def record(k, params):
+            if k in record_steps:
+                recorded[k] = self._forward(params, qx, training)[0]
+
+        self._adapt_task(sx, sy, max(record_steps), training, True, record)
+        return [recorded[k] for k in record_steps]
 
     def _map_tasks(self, fn, elems, output_signature):
         if self.task_execution == "vectorized":
@@ -211,42 +235,81 @@ class MAML(keras.Model):
         outs = [task_fn(tuple(e[t] for e in elems)) for t in range(n)]
         return tf.nest.map_structure(lambda *xs: tf.stack(xs), *outs)
 
-    def _episode_outputs(self, batch: EpisodeBatch, steps: int, training: bool, first_order: bool):
-        """Per-task query loss before and after adaptation, adapted predictions and BN statistics."""
+    def _episode_outputs(self, batch: EpisodeBatch, steps: int, training: bool, first_order: bool,
+                         step_weights: tf.Tensor | None = None):
+        """Per-task meta-objective, query loss before and after adaptation, adapted predictions and BN
+        statistics. The objective is the final query loss, or with ``step_weights`` (one per inner step)
+        the weighted sum of the query losses after every step (the multi-step loss)."""
         bn_training = training or self.batch_statistics_at_inference
         n_nt = len(self.model.non_trainable_variables)
         _check_example_shape(self.model, batch.support_x.shape[2:])
         _check_label_shape(self.model, self._compiled_loss_fn(), batch.support_y.shape[2:], "support labels")
         _check_label_shape(self.model, self._compiled_loss_fn(), batch.query_y.shape[2:], "query labels")
 
+        dtype = self.model.trainable_variables[0].dtype
+
         def per_task(elems):
             sx, sy, qx, qy = elems
             theta = [v.value for v in self.model.trainable_variables]
             pre_pred, _, _ = self._forward(theta, qx, bn_training)
             pre_loss = self._task_loss(qy, pre_pred)
-            params = self._adapt_task(sx, sy, qx, steps, bn_training, first_order)
+            earlier = []
+
+            def weigh_earlier_step(k, params):
+                if step_weights is None or k == 0 or k == steps:
+                    return
+                weight = tf.cast(step_weights[k - 1], dtype)
+                # Once annealed to 0 the step's query pass is skipped, not multiplied by 0.
+                earlier.append(tf.cond(weight > 0, lambda: weight * self._query_loss(params, qx, qy, bn_training),
+                                       lambda: tf.zeros((), dtype)))
+
+            params = self._adapt_task(sx, sy, steps, bn_training, first_order, weigh_earlier_step)
             pred, new_nt, reg = self._forward(params, qx, bn_training)
             loss = self._task_loss(qy, pred) + reg
-            return loss, pre_loss, pred, tuple(new_nt)
+            objective = loss
+            if step_weights is not None and steps > 0:
+                objective = tf.add_n([tf.cast(step_weights[steps - 1], dtype) * loss, *earlier])
+            return objective, loss, pre_loss, pred, tuple(new_nt)
 
-        dtype = self.model.trainable_variables[0].dtype
         nt_spec = tuple(tf.TensorSpec(v.shape, v.dtype) for v in self.model.non_trainable_variables)
         pred_spec = tf.TensorSpec(None, self.model.outputs[0].dtype if _has_outputs(self.model) else dtype)
-        signature = (tf.TensorSpec((), dtype), tf.TensorSpec((), dtype), pred_spec, nt_spec)
+        scalar = tf.TensorSpec((), dtype)
+        signature = (scalar, scalar, scalar, pred_spec, nt_spec)
         if self.recompute_inner_loop and not first_order:
-            loss, pre_loss, pred, new_nt = inner_loop.recompute_tasks(
+            outputs = inner_loop.recompute_tasks(
                 lambda elems: self._map_tasks(per_task, elems, signature), per_task, tuple(batch))
         else:
-            loss, pre_loss, pred, new_nt = self._map_tasks(per_task, tuple(batch), signature)
-        assert len(new_nt) == n_nt
-        return loss, pre_loss, pred, new_nt
+            outputs = self._map_tasks(per_task, tuple(batch), signature)
+        assert len(outputs[-1]) == n_nt
+        return outputs
+
+    def _query_loss(self, params, qx, qy, training):
+        pred, _, reg = self._forward(params, qx, training)
+        return self._task_loss(qy, pred) + reg
+
+    def step_loss_weights(self, meta_step) -> tf.Tensor:
+        """The multi-step loss's weights of the query losses after inner steps 1..``inner_steps`` at
+        ``meta_step``: uniform at 0, then linearly to the last step alone at ``multi_step_loss`` meta-steps."""
+        steps = max(self.inner_steps, 1)
+        progress = tf.minimum(tf.cast(meta_step, tf.float64) / float(max(self.multi_step_loss, 1)), 1.0)
+        earlier = tf.fill([steps - 1], (1.0 - progress) / steps)
+        return tf.concat([earlier, [1.0 - tf.reduce_sum(earlier)]], 0)
+
+    def _training_step_weights(self) -> tf.Tensor | None:
+        if not self.multi_step_loss or self.inner_steps < 2:
+            return None
+        optimizer = getattr(self, "optimizer", None)
+        return self.step_loss_weights(0 if optimizer is None else optimizer.iterations)
 
     def meta_loss(self, episode_batch, training: bool = True) -> tf.Tensor:
-        """Mean post-adaptation query loss; differentiable with respect to θ (and learned rates)."""
+        """Mean post-adaptation query loss; differentiable with respect to θ (and learned rates). With
+        ``multi_step_loss`` and ``training``, the multi-step loss at the optimizer's meta-step (0 before
+        ``compile``)."""
         batch = as_episode_batch(episode_batch)
         steps = self.inner_steps if training else self.eval_inner_steps
-        loss, _, _, _ = self._episode_outputs(batch, steps, training, self.first_order)
-        return tf.reduce_mean(loss)
+        weights = self._training_step_weights() if training else None
+        objective, _, _, _, _ = self._episode_outputs(batch, steps, training, self.first_order, weights)
+        return tf.reduce_mean(objective)
 
     # ------------------------------------------------------------------------------------ Keras API
     def compile(self, *args, jit_compile: bool | str = False, **kwargs):
@@ -261,10 +324,10 @@ class MAML(keras.Model):
     def train_step(self, data):
         batch = as_episode_batch(data)
         with tf.GradientTape() as tape:
-            loss, pre_loss, pred, new_nt = self._episode_outputs(
-                batch, self.inner_steps, training=True, first_order=self.first_order
+            objective, loss, pre_loss, pred, new_nt = self._episode_outputs(
+                batch, self.inner_steps, True, self.first_order, self._training_step_weights()
             )
-            meta_loss = tf.reduce_mean(loss)
+            meta_loss = tf.reduce_mean(objective)
             # Under a distribution strategy the replicas' gradients are summed: scale so the sum is the mean.
             scaled = meta_loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, meta_loss.dtype)
         variables = self.trainable_variables
@@ -277,7 +340,7 @@ class MAML(keras.Model):
 
     def test_step(self, data):
         batch = as_episode_batch(data)
-        loss, pre_loss, pred, _ = self._episode_outputs(
+        _, loss, pre_loss, pred, _ = self._episode_outputs(
             batch, self.eval_inner_steps, training=False, first_order=True
         )
         return self._report(batch, loss, pre_loss, pred)
@@ -381,7 +444,7 @@ class MAML(keras.Model):
             @tf.function(reduce_retracing=True)
             def fn(sx, sy, qx):
                 def per_task(elems):
-                    return tf.stack(self._adapt_task(*elems, max(steps), bn_training, True, record_steps=steps))
+                    return tf.stack(self._query_predictions(*elems, bn_training, steps))
 
                 out_dtype = self.model.trainable_variables[0].dtype
                 preds = self._map_tasks(per_task, (sx, sy, qx), tf.TensorSpec(None, out_dtype))
@@ -401,8 +464,7 @@ class MAML(keras.Model):
         SavedModel's ``adapt_and_predict`` signature is this function."""
         steps = self.eval_inner_steps if steps is None else _check_steps(steps, "steps")
         support_x, support_y, query_x = self._one_task(support_x, support_y, query_x)
-        (pred,) = self._adapt_task(support_x, support_y, query_x, steps, self.batch_statistics_at_inference,
-                                   True, record_steps=(steps,))
+        (pred,) = self._query_predictions(support_x, support_y, query_x, self.batch_statistics_at_inference, (steps,))
         return pred
 
     def adapt(self, support_x, support_y, steps: int | None = None) -> keras.Model:
@@ -415,7 +477,7 @@ class MAML(keras.Model):
         steps = self.eval_inner_steps if steps is None else _check_steps(steps, "steps")
         support_x, support_y, _ = self._one_task(support_x, support_y)
         transductive = self.batch_statistics_at_inference
-        params = self._adapt_task(support_x, support_y, support_x, steps, transductive, first_order=True)
+        params = self._adapt_task(support_x, support_y, steps, transductive, first_order=True)
         adapted = self._clone_for_prediction(transductive, support_x)
         adapted.set_weights(self.model.get_weights())  # non-trainable state (BN statistics) from θ
         for var, value in zip(adapted.trainable_variables, params):
@@ -479,6 +541,7 @@ class MAML(keras.Model):
             "eval_inner_steps": self.eval_inner_steps,
             "first_order": self.first_order,
             "learn_inner_lr": self.learn_inner_lr,
+            "multi_step_loss": self.multi_step_loss,
             "adapt_layers": self.adapt_layers,
             "batch_norm": self.batch_norm,
             "task_execution": self.task_execution,
@@ -537,6 +600,14 @@ def _check_model(model) -> None:
 def _checked_inner_lr(value) -> float:
     check_value("inner_lr", value, number(0, low_open=True))
     return float(value)
+
+
+def _checked_learn_inner_lr(value, inner_steps) -> bool | str:
+    check_value("learn_inner_lr", value, LEARN_INNER_LR)
+    value = bool(value) if isinstance(value, np.bool_) else value
+    if value == "per_step" and inner_steps < 1:
+        raise ValueError("learn_inner_lr='per_step' learns one rate per inner step, so it needs inner_steps >= 1.")
+    return value
 
 
 def _check_steps(steps, name: str) -> int:

@@ -1,0 +1,158 @@
+"""MAML++'s multi-step loss and per-step learned inner rates (LSLR): exact gradients, schedule, persistence."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_maml import MAML
+from tf_maml.data.sinusoid import sample_sinusoid_tasks
+
+
+def tiny_model():
+    inputs = keras.Input(shape=(1,), dtype="float64")
+    h = keras.layers.Dense(3, activation="tanh", dtype="float64", name="hidden")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1, dtype="float64", name="head")(h))
+
+
+def episode(tasks=2, shots=4, seed=(3, 4)):
+    batch, _ = sample_sinusoid_tasks(list(seed), tasks, shots, shots, dtype=tf.float64)
+    return batch
+
+
+def compiled(**kwargs):
+    maml = MAML(tiny_model(), **kwargs)
+    maml.compile(optimizer="sgd", loss="mse")
+    return maml
+
+
+def test_step_weights_anneal_from_uniform_to_the_last_step():
+    maml = compiled(inner_steps=4, multi_step_loss=100)
+    np.testing.assert_allclose(maml.step_loss_weights(0).numpy(), [0.25] * 4)
+    np.testing.assert_allclose(maml.step_loss_weights(50).numpy(), [0.125, 0.125, 0.125, 0.625])
+    for late in (100, 1000):
+        np.testing.assert_allclose(maml.step_loss_weights(late).numpy(), [0, 0, 0, 1])
+
+
+def test_multi_step_loss_is_the_weighted_query_loss_of_every_step():
+    steps = 3
+    maml = compiled(inner_lr=0.1, inner_steps=steps, multi_step_loss=10)
+    batch = episode()
+    maml.optimizer.iterations.assign(4)  # weights 0.2, 0.2, 0.6
+    sx, sy, qx, qy = batch
+    preds = maml.predict_after_adaptation(sx, sy, qx, steps=range(1, steps + 1))
+    per_step = np.mean((preds - qy.numpy()[None]) ** 2, axis=(2, 3)).mean(axis=1)
+    expected = float(np.dot([0.2, 0.2, 0.6], per_step))
+    np.testing.assert_allclose(maml.meta_loss(batch).numpy(), expected, rtol=1e-10)
+    # Evaluation (training=False) reports the final step's loss alone.
+    np.testing.assert_allclose(maml.meta_loss(batch, training=False).numpy(), per_step[-1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("task_execution,recompute", [("vectorized", False), ("map", False), ("loop", False),
+                                                      ("map", True)])
+def test_multi_step_loss_gradient_matches_finite_differences(task_execution, recompute, central_differences):
+    maml = compiled(inner_lr=0.1, inner_steps=3, multi_step_loss=10, task_execution=task_execution,
+                    recompute_inner_loop=recompute)
+    maml.optimizer.iterations.assign(4)
+    batch = episode()
+    loss = tf.function(lambda: maml.meta_loss(batch)) if recompute else (lambda: maml.meta_loss(batch))
+    with tf.GradientTape() as tape:
+        value = loss()
+    analytic = tape.gradient(value, maml.model.trainable_variables)
+    numeric = central_differences(loss, maml.model.trainable_variables)
+    for a, n in zip(analytic, numeric):
+        np.testing.assert_allclose(a.numpy(), n, rtol=1e-5, atol=1e-8)
+
+
+def test_annealed_multi_step_loss_is_maml_and_skips_the_earlier_query_passes():
+    batch = episode()
+    plain = compiled(inner_lr=0.1, inner_steps=3)
+    annealed = MAML(plain.model, inner_lr=0.1, inner_steps=3, multi_step_loss=10)
+    annealed.compile(optimizer="sgd", loss="mse")
+    annealed.optimizer.iterations.assign(10)
+    grads = []
+    for maml in (plain, annealed):
+        with tf.GradientTape() as tape:
+            loss = maml.meta_loss(batch)
+        grads.append([g.numpy() for g in tape.gradient(loss, plain.model.trainable_variables)])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    # The skipped passes are real: a model whose query pass counts its calls sees only the last one.
+    calls = tf.Variable(0, dtype=tf.int64)
+
+    class Counting(keras.layers.Layer):
+        def call(self, x):
+            calls.assign_add(1)
+            return x
+
+    inputs = keras.Input(shape=(1,), dtype="float64")
+    out = keras.layers.Dense(1, dtype="float64")(Counting(dtype="float64")(inputs))
+    counted = MAML(keras.Model(inputs, out), inner_lr=0.1, inner_steps=3, multi_step_loss=10, task_execution="loop")
+    counted.compile(optimizer="sgd", loss="mse")
+    counted.optimizer.iterations.assign(10)
+    counted.meta_loss(batch)
+    late = int(calls.numpy())
+    calls.assign(0)
+    counted.optimizer.iterations.assign(0)
+    counted.meta_loss(batch)
+    assert int(calls.numpy()) == late + 2 * 2  # 2 earlier steps' query passes × 2 tasks
+
+
+def test_per_step_rates_apply_step_by_step_and_the_last_one_beyond():
+    maml = compiled(inner_lr=0.1, inner_steps=2, learn_inner_lr="per_step")
+    assert all(lr.shape == (2,) for lr in maml.inner_lrs)
+    sx, sy, qx, _ = episode()
+    for lr in maml.inner_lrs:
+        lr.assign([0.0, 0.3])  # step 1 does nothing; steps 2, 3, ... use 0.3
+    got = maml.predict_after_adaptation(sx, sy, qx, steps=(1, 2, 3))
+    reference = compiled(inner_lr=0.3, inner_steps=2)
+    reference.model.set_weights(maml.model.get_weights())
+    expected = reference.predict_after_adaptation(sx, sy, qx, steps=(0, 1, 2))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_per_step_rates_get_gradients_that_match_finite_differences(central_differences):
+    maml = compiled(inner_lr=0.1, inner_steps=2, learn_inner_lr="per_step", multi_step_loss=10)
+    batch = episode()
+    rates = [lr for lr in maml.inner_lrs if lr is not None]
+    with tf.GradientTape() as tape:
+        loss = maml.meta_loss(batch)
+    analytic = tape.gradient(loss, rates)
+    numeric = central_differences(lambda: maml.meta_loss(batch), rates)
+    for a, n in zip(analytic, numeric):
+        np.testing.assert_allclose(a.numpy(), n, rtol=1e-5, atol=1e-9)
+        assert np.all(np.abs(n) > 0)  # both steps' rates matter
+
+
+def test_maml_plus_plus_options_train_save_and_reload(tmp_path):
+    keras.utils.set_random_seed(0)
+    maml = MAML(tiny_model(), inner_lr=0.05, inner_steps=2, learn_inner_lr="per_step", multi_step_loss=5,
+                task_execution="loop")
+    maml.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    data = tf.data.Dataset.from_tensor_slices(tuple(episode(tasks=40, shots=5)))
+    data = data.batch(4, drop_remainder=True).repeat()
+    before = [lr.numpy().copy() for lr in maml.inner_lrs]
+    maml.fit(data, steps_per_epoch=10, epochs=1, verbose=0)
+    assert int(maml.optimizer.iterations.numpy()) == 10
+    moved = np.stack([lr.numpy() - b for lr, b in zip(maml.inner_lrs, before)])
+    assert np.all(np.abs(moved) > 0) and not np.allclose(moved[:, 0], moved[:, 1])  # each step's own rate
+    path = str(tmp_path / "m.keras")
+    maml.save(path)
+    loaded = keras.models.load_model(path)
+    assert (loaded.learn_inner_lr, loaded.multi_step_loss) == ("per_step", 5)
+    for a, b in zip(loaded.inner_lrs, maml.inner_lrs):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    batch = episode(seed=(7, 8))
+    np.testing.assert_allclose(loaded.meta_loss(batch, training=False), maml.meta_loss(batch, training=False))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"learn_inner_lr": "per_layer"}, "learn_inner_lr must be False, True"),
+    ({"learn_inner_lr": 1}, "learn_inner_lr must be False, True"),
+    ({"learn_inner_lr": "per_step", "inner_steps": 0}, "needs inner_steps >= 1"),
+    ({"multi_step_loss": -1}, "multi_step_loss"),
+    ({"multi_step_loss": 2.5}, "multi_step_loss"),
+])
+def test_bad_maml_plus_plus_options_are_refused(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        MAML(tiny_model(), **kwargs)
