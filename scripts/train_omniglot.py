@@ -25,6 +25,12 @@ def main() -> None:
     parser.add_argument("--first-order", action="store_true")
     parser.add_argument("--batch-norm", choices=["transductive", "running"],
                         help="batch statistics everywhere (the paper's, default) or running statistics at meta-test")
+    parser.add_argument("--learn-inner-lr", choices=["per_step", "per_element"],
+                        help="learn the inner step sizes: one per weight tensor and step (MAML++'s LSLR) or one per "
+                             "weight (Meta-SGD); default: the fixed rate of the preset")
+    parser.add_argument("--multi-step-loss", type=flag_type(integer(0)), metavar="META_STEPS",
+                        help="MAML++'s multi-step loss: weigh every inner step's query loss, annealed to the last "
+                             "step's alone over this many meta-steps (default 0: off)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--eval-tasks", type=flag_type(integer(1)),
                         help="meta-test tasks evaluated after training, >= 1 (default: the run's eval_tasks, 600)")
@@ -39,7 +45,10 @@ def main() -> None:
     if not args.op_threads:
         run_tasks_in_parallel()
     overrides = {k: v for k, v in (("meta_steps", args.meta_steps), ("steps_per_epoch", args.steps_per_epoch),
-                                   ("split", args.split), ("batch_norm", args.batch_norm)) if v is not None}
+                                   ("split", args.split), ("batch_norm", args.batch_norm),
+                                   ("multi_step_loss", args.multi_step_loss)) if v is not None}
+    if args.learn_inner_lr:
+        overrides["learn_inner_lr"] = True if args.learn_inner_lr == "per_element" else args.learn_inner_lr
     if args.first_order:
         overrides["first_order"] = True
     try:

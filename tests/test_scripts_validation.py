@@ -55,6 +55,8 @@ def run_subprocess(script: str, *args: str) -> subprocess.CompletedProcess:
     ({"split": "train"}, "split = 'train' (must be one of 'paper', 'tfds')"),
     ({"inner_lr": float("nan")}, "inner_lr = nan (must be a finite number > 0)"),
     ({"batch_norm": "none"}, "batch_norm = 'none' (must be one of 'transductive', 'running')"),
+    ({"learn_inner_lr": "per_layer"}, "learn_inner_lr = 'per_layer' (must be False, True (Meta-SGD) or 'per_step'"),
+    ({"multi_step_loss": -1}, "multi_step_loss = -1 (must be an integer >= 0)"),
 ])
 def test_omniglot_settings_are_checked_before_the_run_directory_exists(tmp_path, overrides, says):
     with pytest.raises(ValueError, match="Invalid OmniglotConfig") as err:

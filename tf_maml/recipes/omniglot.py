@@ -13,7 +13,7 @@ from tf_maml import training
 from tf_maml.callbacks import EpisodeImages
 from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omniglot_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
-from tf_maml.maml import BATCH_NORM_MODES, MAML, TASK_EXECUTIONS
+from tf_maml.maml import BATCH_NORM_MODES, LEARN_INNER_LR, MAML, TASK_EXECUTIONS
 from tf_maml.models.convnets import omniglot_convnet
 from tf_maml.settings import BOOLEAN, Rule, check_settings, check_value, epochs_problem, integer, number, one_of, optional
 from tf_maml.training import fit_resumable, read_budget, restore_latest
@@ -44,6 +44,8 @@ class OmniglotConfig:
     eval_tasks: int = 600
     task_execution: str = "loop"
     batch_norm: str = "transductive"  # or "running"; see MAML(batch_norm=...)
+    learn_inner_lr: bool | str = False  # MAML++'s per-step rates: "per_step"; see MAML(learn_inner_lr=...)
+    multi_step_loss: int = 0  # MAML++'s multi-step loss, annealed over this many meta-steps (0: off)
 
     RUN_KIND: ClassVar[str] = "an Omniglot run or export (scripts/train_omniglot.py)"
     RULES: ClassVar[dict[str, Rule]] = {
@@ -52,6 +54,7 @@ class OmniglotConfig:
         "meta_lr": number(0, low_open=True), "meta_steps": integer(1), "steps_per_epoch": integer(1),
         "first_order": BOOLEAN, "split": one_of(*SPLITS), "seed": integer(0), "validation_tasks": integer(1),
         "eval_tasks": integer(1), "task_execution": one_of(*TASK_EXECUTIONS), "batch_norm": one_of(*BATCH_NORM_MODES),
+        "learn_inner_lr": LEARN_INNER_LR, "multi_step_loss": integer(0),
     }
 
     def __post_init__(self) -> None:
@@ -95,7 +98,8 @@ def load_classes(args: argparse.Namespace, split: str) -> OmniglotClasses:
 def build_meta_learner(config: OmniglotConfig) -> MAML:
     maml = MAML(omniglot_convnet(config.ways), inner_lr=config.inner_lr, inner_steps=config.inner_steps,
                 eval_inner_steps=config.eval_inner_steps, first_order=config.first_order,
-                task_execution=config.task_execution, batch_norm=config.batch_norm)
+                task_execution=config.task_execution, batch_norm=config.batch_norm,
+                learn_inner_lr=config.learn_inner_lr, multi_step_loss=config.multi_step_loss)
     maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
