@@ -32,6 +32,23 @@ def test_step_weights_anneal_from_uniform_to_the_last_step():
     np.testing.assert_allclose(maml.step_loss_weights(50).numpy(), [0.125, 0.125, 0.125, 0.625])
     for late in (100, 1000):
         np.testing.assert_allclose(maml.step_loss_weights(late).numpy(), [0, 0, 0, 1])
+    np.testing.assert_allclose(compiled(inner_steps=4).step_loss_weights(0).numpy(), [0, 0, 0, 1])  # off: MAML's
+
+
+def test_multi_step_loss_follows_the_loss_dtype_under_mixed_precision():
+    inputs = keras.Input(shape=(1,))
+    h = keras.layers.Dense(8, activation="tanh", dtype="mixed_float16")(inputs)
+    out = keras.layers.Dense(1, dtype="mixed_float16")(h)
+    batch = tuple(tf.cast(t, tf.float32) for t in episode())
+    losses = []
+    for option in (0, 10):
+        maml = MAML(keras.Model(inputs, out), inner_lr=0.01, inner_steps=2, multi_step_loss=option)
+        maml.compile(optimizer="sgd", loss="mse")
+        with tf.GradientTape() as tape:
+            losses.append(maml.meta_loss(batch))
+        assert all(g is not None for g in tape.gradient(losses[-1], maml.model.trainable_variables))
+    assert losses[0].dtype == losses[1].dtype == tf.float16
+    assert abs(float(losses[0]) - float(losses[1])) < 0.5 * float(losses[0])  # both the task's query loss
 
 
 def test_multi_step_loss_is_the_weighted_query_loss_of_every_step():
@@ -156,3 +173,9 @@ def test_maml_plus_plus_options_train_save_and_reload(tmp_path):
 def test_bad_maml_plus_plus_options_are_refused(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         MAML(tiny_model(), **kwargs)
+
+
+def test_assigning_a_fixed_rate_to_learned_per_step_rates_is_refused_by_name():
+    maml = compiled(inner_steps=2, learn_inner_lr="per_step")
+    with pytest.raises(AttributeError, match="learn_inner_lr='per_step' the inner rates are trained variables"):
+        maml.inner_lr = 0.5

@@ -130,7 +130,7 @@ class MAML(keras.Model):
         value = _checked_inner_lr(value)
         if self.learn_inner_lr:
             raise AttributeError(
-                "With learn_inner_lr=True the inner rates are trained variables (maml.inner_lrs); assign to "
+                f"With learn_inner_lr={self.learn_inner_lr!r} the inner rates are trained variables (maml.inner_lrs); assign to "
                 "those, e.g. [v.assign(tf.fill(v.shape, 0.1)) for v in maml.inner_lrs if v is not None]."
             )
         for rate in self.inner_lrs:
@@ -258,17 +258,17 @@ class MAML(keras.Model):
             def weigh_earlier_step(k, params):
                 if step_weights is None or k == 0 or k == steps:
                     return
-                weight = tf.cast(step_weights[k - 1], dtype)
+                weight = tf.cast(step_weights[k - 1], pre_loss.dtype)  # the loss's dtype (mixed precision)
                 # Once annealed to 0 the step's query pass is skipped, not multiplied by 0.
                 earlier.append(tf.cond(weight > 0, lambda: weight * self._query_loss(params, qx, qy, bn_training),
-                                       lambda: tf.zeros((), dtype)))
+                                       lambda: tf.zeros((), pre_loss.dtype)))
 
             params = self._adapt_task(sx, sy, steps, bn_training, first_order, weigh_earlier_step)
             pred, new_nt, reg = self._forward(params, qx, bn_training)
             loss = self._task_loss(qy, pred) + reg
             objective = loss
             if step_weights is not None and steps > 0:
-                objective = tf.add_n([tf.cast(step_weights[steps - 1], dtype) * loss, *earlier])
+                objective = tf.add_n([tf.cast(step_weights[steps - 1], loss.dtype) * loss, *earlier])
             return objective, loss, pre_loss, pred, tuple(new_nt)
 
         nt_spec = tuple(tf.TensorSpec(v.shape, v.dtype) for v in self.model.non_trainable_variables)
@@ -288,10 +288,13 @@ class MAML(keras.Model):
         return self._task_loss(qy, pred) + reg
 
     def step_loss_weights(self, meta_step) -> tf.Tensor:
-        """The multi-step loss's weights of the query losses after inner steps 1..``inner_steps`` at
-        ``meta_step``: uniform at 0, then linearly to the last step alone at ``multi_step_loss`` meta-steps."""
+        """The meta-objective's weights of the query losses after inner steps 1..``inner_steps`` at
+        ``meta_step``: with ``multi_step_loss`` uniform at 0, then linearly to the last step alone at
+        ``multi_step_loss`` meta-steps; without it, the last step alone."""
         steps = max(self.inner_steps, 1)
-        progress = tf.minimum(tf.cast(meta_step, tf.float64) / float(max(self.multi_step_loss, 1)), 1.0)
+        if not self.multi_step_loss:
+            return tf.one_hot(steps - 1, steps, dtype=tf.float64)
+        progress = tf.minimum(tf.cast(meta_step, tf.float64) / float(self.multi_step_loss), 1.0)
         earlier = tf.fill([steps - 1], (1.0 - progress) / steps)
         return tf.concat([earlier, [1.0 - tf.reduce_sum(earlier)]], 0)
 
@@ -602,12 +605,19 @@ def _checked_inner_lr(value) -> float:
     return float(value)
 
 
+def learn_inner_lr_problem(value, inner_steps) -> str | None:
+    """Why ``learn_inner_lr`` cannot go with ``inner_steps`` (None: it can)."""
+    if isinstance(value, str) and value == "per_step" and inner_steps < 1:
+        return "learn_inner_lr='per_step' learns one rate per inner step, so it needs inner_steps >= 1"
+    return None
+
+
 def _checked_learn_inner_lr(value, inner_steps) -> bool | str:
     check_value("learn_inner_lr", value, LEARN_INNER_LR)
-    value = bool(value) if isinstance(value, np.bool_) else value
-    if value == "per_step" and inner_steps < 1:
-        raise ValueError("learn_inner_lr='per_step' learns one rate per inner step, so it needs inner_steps >= 1.")
-    return value
+    problem = learn_inner_lr_problem(value, inner_steps)
+    if problem:
+        raise ValueError(problem + ".")
+    return bool(value) if isinstance(value, np.bool_) else value
 
 
 def _check_steps(steps, name: str) -> int:

@@ -13,7 +13,7 @@ from tf_maml import training
 from tf_maml.callbacks import EpisodeImages
 from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omniglot_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
-from tf_maml.maml import BATCH_NORM_MODES, LEARN_INNER_LR, MAML, TASK_EXECUTIONS
+from tf_maml.maml import BATCH_NORM_MODES, LEARN_INNER_LR, MAML, TASK_EXECUTIONS, learn_inner_lr_problem
 from tf_maml.models.convnets import omniglot_convnet
 from tf_maml.settings import BOOLEAN, Rule, check_settings, check_value, epochs_problem, integer, number, one_of, optional
 from tf_maml.training import fit_resumable, read_budget, restore_latest
@@ -58,7 +58,8 @@ class OmniglotConfig:
     }
 
     def __post_init__(self) -> None:
-        check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch)])
+        check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch),
+                                               learn_inner_lr_problem(self.learn_inner_lr, self.inner_steps)])
 
     @property
     def name(self) -> str:
