@@ -120,7 +120,8 @@ def test_per_step_rates_apply_step_by_step_and_the_last_one_beyond():
     assert all(lr.shape == (2,) for lr in maml.inner_lrs)
     sx, sy, qx, _ = episode()
     for lr in maml.inner_lrs:
-        lr.assign([0.0, 0.3])  # step 1 does nothing; steps 2, 3, ... use 0.3
+        lr.assign([0.0, 3.0])  # multipliers of α = 0.1: step 1 does nothing; steps 2, 3, ... use 0.3
+    np.testing.assert_allclose(maml.inner_rates()[0], [0.0, 0.3])
     got = maml.predict_after_adaptation(sx, sy, qx, steps=(1, 2, 3))
     reference = compiled(inner_lr=0.3, inner_steps=2)
     reference.model.set_weights(maml.model.get_weights())
@@ -177,5 +178,5 @@ def test_bad_maml_plus_plus_options_are_refused(kwargs, match):
 
 def test_assigning_a_fixed_rate_to_learned_per_step_rates_is_refused_by_name():
     maml = compiled(inner_steps=2, learn_inner_lr="per_step")
-    with pytest.raises(AttributeError, match="learn_inner_lr='per_step' the inner rates are trained variables"):
+    with pytest.raises(AttributeError, match="learn_inner_lr='per_step' the inner rates are inner_lr times trained"):
         maml.inner_lr = 0.5

@@ -37,6 +37,9 @@ class MAML(keras.Model):
         learn_inner_lr: learn the inner step sizes with θ, starting from ``inner_lr``. ``True``: Meta-SGD, one
             rate per parameter element. ``"per_step"``: MAML++'s LSLR, one rate per weight tensor and inner
             step; steps beyond ``inner_steps`` (e.g. more steps at evaluation) reuse the last step's rates.
+            These are learned as multipliers of ``inner_lr`` (starting at 1), so that the optimizer's steps
+            are relative to α: Adam moves a raw rate by about its learning rate whatever the rate's size,
+            which for α = 0.01 made the inner loop diverge within a few thousand meta-steps.
         multi_step_loss: MAML++'s multi-step loss: the meta-objective weighs the query loss after every inner
             step, uniformly at first and then linearly towards the last step alone, which it reaches after
             this many meta-steps (counted by ``optimizer.iterations``); from then on it is MAML's own loss.
@@ -97,21 +100,24 @@ class MAML(keras.Model):
         self.task_execution = task_execution
         self.recompute_inner_loop = bool(recompute_inner_loop)
         self._adapted = _adapted_mask(model, self.adapt_layers)
-        # Meta-SGD learns one rate per parameter element, LSLR one per inner step; a fixed rate is a scalar.
+        # Meta-SGD learns one rate per parameter element, LSLR one multiplier of α per inner step; a fixed
+        # rate is a scalar.
+        per_step = self.learn_inner_lr == "per_step"
         self.inner_lrs = []
         for i, var in enumerate(model.trainable_variables):
             if not self._adapted[i]:
                 self.inner_lrs.append(None)
                 continue
             shape = {False: (), True: tuple(var.shape), "per_step": (self.inner_steps,)}[self.learn_inner_lr]
+            start = 1.0 if per_step else self.inner_lr
             self.inner_lrs.append(
                 self.add_weight(
                     shape=shape,
                     # Filled in the variable's own dtype: Keras' Constant rounds through float32.
-                    initializer=lambda shape, dtype: tf.fill(shape, tf.constant(self.inner_lr, dtype)),
+                    initializer=lambda shape, dtype, start=start: tf.fill(shape, tf.constant(start, dtype)),
                     trainable=bool(self.learn_inner_lr),
                     dtype=var.dtype,
-                    name=f"inner_lr_{i}",
+                    name=f"inner_lr_scale_{i}" if per_step else f"inner_lr_{i}",
                 )
             )
         self._prediction_fns: dict = {}
@@ -128,9 +134,15 @@ class MAML(keras.Model):
         # The inner loop reads rate variables, not this number: assigning must reach them, or the change
         # would be saved in the config without ever being used.
         value = _checked_inner_lr(value)
+        if self.learn_inner_lr == "per_step":
+            raise AttributeError(
+                "With learn_inner_lr='per_step' the inner rates are inner_lr times trained multipliers "
+                "(maml.inner_lrs, one per inner step); scale those, e.g. [v.assign(v * 0.5) for v in maml.inner_lrs "
+                "if v is not None]."
+            )
         if self.learn_inner_lr:
             raise AttributeError(
-                f"With learn_inner_lr={self.learn_inner_lr!r} the inner rates are trained variables (maml.inner_lrs); assign to "
+                "With learn_inner_lr=True the inner rates are trained variables (maml.inner_lrs); assign to "
                 "those, e.g. [v.assign(tf.fill(v.shape, 0.1)) for v in maml.inner_lrs if v is not None]."
             )
         for rate in self.inner_lrs:
@@ -195,7 +207,13 @@ class MAML(keras.Model):
         if self.learn_inner_lr != "per_step":
             return rates
         last = self.inner_steps - 1
-        return lambda k: [None if r is None else r[min(k, last)] for r in rates]
+        return lambda k: [None if r is None else self.inner_lr * r[min(k, last)] for r in rates]
+
+    def inner_rates(self) -> list[np.ndarray | None]:
+        """The inner step sizes in use, aligned with the model's trainable weights (None: not adapted): a
+        scalar, one per element (Meta-SGD) or one per inner step (``"per_step"``, α × its multipliers)."""
+        scale = self.inner_lr if self.learn_inner_lr == "per_step" else 1.0
+        return [None if lr is None else scale * np.asarray(lr.numpy()) for lr in self.inner_lrs]
 
     def _adapt_task(self, sx, sy, steps, training, first_order, on_step=None):
         """θ adapted on one task's support set; ``on_step(k, params)`` sees the parameters after each step."""

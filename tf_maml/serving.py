@@ -173,10 +173,11 @@ def _maml_metadata(maml: MAML, steps: int, support_y_spec: tf.TensorSpec) -> dic
     if classification:
         meta["num_classes"] = meta["output_size"]
     if maml.learn_inner_lr:
-        rates = np.concatenate([np.ravel(lr.numpy()) for lr in maml.inner_lrs if lr is not None])
+        used = [r for r in maml.inner_rates() if r is not None]
+        rates = np.concatenate([np.ravel(r) for r in used])
         meta["learned_inner_lr"] = {"mean": float(rates.mean()), "min": float(rates.min()), "max": float(rates.max())}
         if maml.learn_inner_lr == "per_step":
-            per_step = np.stack([lr.numpy() for lr in maml.inner_lrs if lr is not None])
+            per_step = np.stack(used)
             meta["learned_inner_lr"]["mean_per_step"] = [float(x) for x in per_step.mean(axis=0)]
     if getattr(maml, "optimizer", None) is not None:
         meta["meta_steps_trained"] = int(maml.optimizer.iterations.numpy())
