@@ -126,7 +126,8 @@ class MAML(keras.Model):
 
     @property
     def inner_lr(self) -> float:
-        """The inner step size α (with ``learn_inner_lr``, the initial value of the learned rates)."""
+        """The inner step size α (with ``learn_inner_lr=True`` the learned rates' initial value; with
+        ``"per_step"`` the base that the learned multipliers scale)."""
         return self._inner_lr
 
     @inner_lr.setter
