@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--later-lr", type=rate,
                    help="rate of steps 2.. (default: half the first, as in the paper's evaluation code)")
     p.add_argument("--seed", type=int, default=1234, help="held-out task seed (training uses derived seeds)")
+    p.add_argument("--vector-env", choices=["sync", "async"],
+                   help="run the envs in this process or one subprocess each, as train_rl.py's flag: a speed choice "
+                        "only, the episodes are the same (default: the run's own)")
     p.add_argument("--json")
     p.add_argument("--plot")
     p.add_argument("--no-random", action="store_true")
@@ -45,8 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     from tf_maml.rl.maml_trpo import MAMLTRPO
     from tf_maml.rl.policy import build_policy, policy_params
 
+    overrides = {} if args.vector_env is None else {"asynchronous": args.vector_env == "async"}
     try:
-        learner = MAMLTRPO.from_logdir(args.logdir)
+        learner = MAMLTRPO.from_logdir(args.logdir, **overrides)
     except (ValueError, FileNotFoundError) as err:
         p.error(str(err))
     cfg = learner.config

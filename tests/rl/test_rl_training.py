@@ -175,6 +175,10 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     saved = json.loads(out.read_text())
     assert len(saved["returns"]) == 2 and len(saved["pretrained"]["returns"]) == 2 and saved["iteration"] == 1
     assert all(np.isfinite(saved["returns"])) and saved["returns"] == saved["maml"]["returns"]
+    # Subprocess envs are a speed choice: the same episodes, so the same returns.
+    again = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--steps", "1", "--no-random",
+                          "--vector-env", "async"])
+    np.testing.assert_allclose(again["returns"], results["returns"], rtol=1e-6)
     with pytest.raises(SystemExit):
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "other"),
                       "--tasks", "2", "--steps", "1", "--no-random"])
