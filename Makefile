@@ -21,8 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/train_sinusoid.py --preset demo --workdir runs/sinusoid_demo --export runs/sinusoid_demo/export
 
+# The slowest tests are listed at the end, so a suite that creeps towards CI's time budget shows where.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=12 tests
 
 clean:
 	rm -rf $(VENV) runs
