@@ -93,6 +93,25 @@ for var in dist.model.non_trainable_variables:
     np.testing.assert_array_equal(copies[0], copies[1])
 for a, b in zip(dist.get_weights(), single.get_weights()):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+# 3. Resumable training under the strategy (checkpoints name the meta-step, read from a mirrored variable),
+#    with MAML++'s options on.
+import tempfile
+from tf_maml.data.sinusoid import sinusoid_episodes
+from tf_maml.training import fit_resumable
+
+work = tempfile.mkdtemp()
+steps = []
+for total in (4, 6):
+    with strategy.scope():
+        maml = MAML(sinusoid_mlp(seed=0), inner_lr=0.01, inner_steps=2, learn_inner_lr="per_step",
+                    multi_step_loss=3, task_execution="map")
+        maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    fit_resumable(maml, lambda start: sinusoid_episodes(4, 5, seed=0, start_step=start), total, 2, work,
+                  tensorboard=False, verbose=0)
+    steps.append(int(maml.optimizer.iterations.numpy()))
+report["resumable"] = {"steps": steps, "checkpoints": sorted(f for f in os.listdir(os.path.join(work, "checkpoints"))
+                                                              if f.endswith(".index"))}
 print("RESULT " + json.dumps(report))
 """
 
@@ -102,4 +121,5 @@ def test_mirrored_strategy_meta_step_equals_one_device():
     proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    assert set(result) == {"vectorized", "map", "loop", "loop+recompute"}
+    assert set(result) == {"vectorized", "map", "loop", "loop+recompute", "resumable"}
+    assert result.pop("resumable") == {"steps": [4, 6], "checkpoints": ["ckpt-2.index", "ckpt-4.index", "ckpt-6.index"]}

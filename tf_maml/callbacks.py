@@ -36,4 +36,5 @@ class EpisodeImages(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         grid = episode_grid(*self.batch)
         with tf.summary.create_file_writer(self.logdir).as_default():
-            tf.summary.image(self.name, grid[None].astype(np.float32), step=int(self.model.optimizer.iterations))
+            step = int(self.model.optimizer.iterations.numpy())  # .numpy(): int() refuses a mirrored variable
+            tf.summary.image(self.name, grid[None].astype(np.float32), step=step)

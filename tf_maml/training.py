@@ -103,7 +103,7 @@ class _SaveCheckpoint(keras.callbacks.Callback):
         self.manager = manager
 
     def on_epoch_end(self, epoch, logs=None):
-        self.manager.save(checkpoint_number=int(self.model.optimizer.iterations))
+        self.manager.save(checkpoint_number=int(self.model.optimizer.iterations.numpy()))
 
 
 class _RecordBudget(keras.callbacks.Callback):
@@ -121,7 +121,7 @@ class _RecordBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         spent = round(self.before["wall_seconds"] + time.perf_counter() - self.started, 1)
-        budget = {**self.before, "meta_steps": int(self.model.optimizer.iterations), "wall_seconds": spent}
+        budget = {**self.before, "meta_steps": int(self.model.optimizer.iterations.numpy()), "wall_seconds": spent}
         with open(self.path + ".tmp", "w") as f:
             json.dump(budget, f, indent=2)
         os.replace(self.path + ".tmp", self.path)
@@ -139,7 +139,8 @@ def read_budget(path: str) -> dict:
 def checkpoint_manager(maml: MAML, directory: str, max_to_keep: int = 3) -> tf.train.CheckpointManager:
     if maml.optimizer is None:
         raise RuntimeError("compile() the meta-learner before creating its checkpoint manager.")
-    maml.optimizer.build(maml.trainable_variables)
+    with maml.distribute_strategy.scope():  # under a strategy its slots must be mirrored variables
+        maml.optimizer.build(maml.trainable_variables)
     ckpt = tf.train.Checkpoint(model=maml, optimizer=maml.optimizer)
     return tf.train.CheckpointManager(ckpt, directory, max_to_keep=max_to_keep)
 
@@ -149,7 +150,7 @@ def restore_latest(maml: MAML, directory: str) -> int:
     manager = checkpoint_manager(maml, directory)
     if manager.latest_checkpoint:
         manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    return int(maml.optimizer.iterations)
+    return int(maml.optimizer.iterations.numpy())
 
 
 def fit_resumable(
