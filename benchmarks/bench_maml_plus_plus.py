@@ -3,14 +3,16 @@
 
 Usage: python benchmarks/bench_maml_plus_plus.py [--meta-steps 10000] [--seeds 0 1] [--quick] [--json PATH]
 
-Each variant (plain MAML; the multi-step loss, annealed over the first tenth of training; per-step learned
-inner rates; both) is meta-trained from the same initialisation on the same episode stream (sinusoid,
-K = 5, 5 inner steps at α = 0.01, meta-batch 25, Adam 1e-3, second order), then evaluated on 600 held-out
-tasks after 0, 1 and 5 inner steps (MSE, mean ± 95% interval). Meta-step time is the median over the
-training epochs after the first (which includes tracing), in the same run for every variant, so the
-ratios compare. A variant whose meta-loss turns NaN (``MetaLossNotFiniteError``: learned rates can grow
-until the inner loop diverges) is reported with the meta-step where it stopped. ``--quick`` trains 200 steps on one seed (for the test suite: it checks the benchmark runs,
-never the figures).
+Each variant (plain MAML; the multi-step loss, annealed over the first tenth of training; per-step
+learned inner rates; both; both with derivative-order annealing, first order for the first third) is
+meta-trained from the same initialisation on the same episode stream (sinusoid, K = 5, 5 inner steps at
+α = 0.01, meta-batch 25, Adam 1e-3, second order), then evaluated on 600 held-out tasks after 0, 1 and 5
+inner steps (MSE, mean ± 95% interval). Meta-step time is the median over the training epochs after the
+first (which includes tracing), in the same run for every variant, so the ratios compare; ``train_s`` is
+the whole training's wall time, tracing included. A variant whose meta-loss turns NaN
+(``MetaLossNotFiniteError``: learned rates can grow until the inner loop diverges) is reported with the
+meta-step where it stopped. ``--quick`` trains 200 steps on one seed (for the test suite: it checks the
+benchmark runs, never the figures).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def variants(meta_steps: int) -> dict[str, dict]:
         "multi-step loss": {"multi_step_loss": anneal},
         "per-step rates": {"learn_inner_lr": "per_step"},
         "both (MAML++)": {"multi_step_loss": anneal, "learn_inner_lr": "per_step"},
+        "both + DA": {"multi_step_loss": anneal, "learn_inner_lr": "per_step", "first_order_until": meta_steps // 3},
     }
 
 
@@ -67,7 +70,7 @@ def run_variant(options: dict, seed: int, meta_steps: int, steps_per_epoch: int,
     timing = summarize_times([s / steps_per_epoch for s in (epoch_seconds[1:] or epoch_seconds)])
     row = {"seed": seed, "meta_steps": meta_steps, **{f"mse_{k}": m for k, (m, _) in scores.items()},
            **{f"ci95_{k}": c for k, (_, c) in scores.items()}, "step_ms": 1e3 * timing["median_s"],
-           "step_iqr_ms": 1e3 * timing["iqr_s"]}
+           "step_iqr_ms": 1e3 * timing["iqr_s"], "train_s": sum(epoch_seconds)}
     if options.get("learn_inner_lr") == "per_step":
         rates = [r for r in maml.inner_rates() if r is not None]
         row["mean_rate_per_step"] = [float(sum(r[k] for r in rates) / len(rates)) for k in range(INNER_STEPS)]
@@ -86,7 +89,7 @@ def main() -> None:
         meta_steps, steps_per_epoch, eval_tasks, args.seeds = 200, 100, 100, args.seeds[:1]
     rows = []
     print(f"sinusoid K={SHOTS}, {INNER_STEPS} inner steps, {meta_steps} meta-steps; held-out MSE ({eval_tasks} tasks)")
-    print(f"{'variant':<16} {'seed':>4} {'0 steps':>8} {'1 step':>8} {'5 steps':>16} {'step ms':>8}")
+    print(f"{'variant':<16} {'seed':>4} {'0 steps':>8} {'1 step':>8} {'5 steps':>16} {'step ms':>8} {'train s':>8}")
     for seed in args.seeds:
         for name, options in variants(meta_steps).items():
             row = {"variant": name, **run_variant(options, seed, meta_steps, steps_per_epoch, eval_tasks)}
@@ -95,7 +98,8 @@ def main() -> None:
                 print(f"{name:<16} {seed:>4}   meta-loss NaN at meta-step {row['diverged_at']}", flush=True)
                 continue
             print(f"{name:<16} {seed:>4} {row['mse_0']:8.3f} {row['mse_1']:8.3f} "
-                  f"{row[f'mse_{INNER_STEPS}']:8.3f} ± {row[f'ci95_{INNER_STEPS}']:.3f} {row['step_ms']:8.2f}", flush=True)
+                  f"{row[f'mse_{INNER_STEPS}']:8.3f} ± {row[f'ci95_{INNER_STEPS}']:.3f} {row['step_ms']:8.2f} "
+                  f"{row['train_s']:8.1f}", flush=True)
     if args.json:
         write_results(args.json, rows, shots=SHOTS, inner_steps=INNER_STEPS, inner_lr=INNER_LR, meta_batch=META_BATCH)
 

@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--multi-step-loss", type=flag_type(integer(0)), metavar="META_STEPS",
                         help="MAML++'s multi-step loss: weigh every inner step's query loss, annealed to the last "
                              "step's alone over this many meta-steps (default 0: off)")
+    parser.add_argument("--first-order-until", type=flag_type(integer(0)), metavar="META_STEPS",
+                        help="MAML++'s derivative-order annealing: first-order meta-gradients for this many "
+                             "meta-steps, then second order (default 0: the run's order throughout)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--eval-tasks", type=flag_type(integer(1)),
                         help="meta-test tasks evaluated after training, >= 1 (default: the run's eval_tasks, 600)")
@@ -46,7 +49,8 @@ def main() -> None:
         run_tasks_in_parallel()
     overrides = {k: v for k, v in (("meta_steps", args.meta_steps), ("steps_per_epoch", args.steps_per_epoch),
                                    ("split", args.split), ("batch_norm", args.batch_norm),
-                                   ("multi_step_loss", args.multi_step_loss)) if v is not None}
+                                   ("multi_step_loss", args.multi_step_loss),
+                                   ("first_order_until", args.first_order_until)) if v is not None}
     if args.learn_inner_lr:
         overrides["learn_inner_lr"] = True if args.learn_inner_lr == "per_element" else args.learn_inner_lr
     if args.first_order:

@@ -105,7 +105,7 @@ steps = []
 for total in (4, 6):
     with strategy.scope():
         maml = MAML(sinusoid_mlp(seed=0), inner_lr=0.01, inner_steps=2, learn_inner_lr="per_step",
-                    multi_step_loss=3, task_execution="map")
+                    multi_step_loss=3, first_order_until=3, task_execution="map")
         maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     fit_resumable(maml, lambda start: sinusoid_episodes(4, 5, seed=0, start_step=start), total, 2, work,
                   tensorboard=False, verbose=0)

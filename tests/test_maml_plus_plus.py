@@ -1,4 +1,5 @@
-"""MAML++'s multi-step loss and per-step learned inner rates (LSLR): exact gradients, schedule, persistence."""
+"""MAML++'s multi-step loss, per-step learned inner rates (LSLR) and derivative-order annealing: exact
+gradients, schedules, persistence."""
 
 import keras
 import numpy as np
@@ -145,7 +146,7 @@ def test_per_step_rates_get_gradients_that_match_finite_differences(central_diff
 def test_maml_plus_plus_options_train_save_and_reload(tmp_path):
     keras.utils.set_random_seed(0)
     maml = MAML(tiny_model(), inner_lr=0.05, inner_steps=2, learn_inner_lr="per_step", multi_step_loss=5,
-                task_execution="loop")
+                first_order_until=4, task_execution="loop")
     maml.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
     data = tf.data.Dataset.from_tensor_slices(tuple(episode(tasks=40, shots=5)))
     data = data.batch(4, drop_remainder=True).repeat()
@@ -157,7 +158,7 @@ def test_maml_plus_plus_options_train_save_and_reload(tmp_path):
     path = str(tmp_path / "m.keras")
     maml.save(path)
     loaded = keras.models.load_model(path)
-    assert (loaded.learn_inner_lr, loaded.multi_step_loss) == ("per_step", 5)
+    assert (loaded.learn_inner_lr, loaded.multi_step_loss, loaded.first_order_until) == ("per_step", 5, 4)
     for a, b in zip(loaded.inner_lrs, maml.inner_lrs):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     batch = episode(seed=(7, 8))
@@ -170,6 +171,8 @@ def test_maml_plus_plus_options_train_save_and_reload(tmp_path):
     ({"learn_inner_lr": "per_step", "inner_steps": 0}, "needs inner_steps >= 1"),
     ({"multi_step_loss": -1}, "multi_step_loss"),
     ({"multi_step_loss": 2.5}, "multi_step_loss"),
+    ({"first_order_until": -1}, "first_order_until"),
+    ({"first_order_until": True}, "first_order_until"),
 ])
 def test_bad_maml_plus_plus_options_are_refused(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -180,3 +183,51 @@ def test_assigning_a_fixed_rate_to_learned_per_step_rates_is_refused_by_name():
     maml = compiled(inner_steps=2, learn_inner_lr="per_step")
     with pytest.raises(AttributeError, match="learn_inner_lr='per_step' the inner rates are inner_lr times trained"):
         maml.inner_lr = 0.5
+
+
+def meta_gradients(maml, batch):
+    with tf.GradientTape() as tape:
+        loss = maml.meta_loss(batch)
+    return [g.numpy() for g in tape.gradient(loss, maml.trainable_variables)]
+
+
+def gradients_of_order(first_order, like, batch, **kwargs):
+    """The meta-gradients of a plain first- or second-order MAML at ``like``'s weights."""
+    reference = compiled(first_order=first_order, **kwargs)
+    for a, b in zip(reference.trainable_variables, like.trainable_variables):
+        a.assign(b)
+    return meta_gradients(reference, batch)
+
+
+def test_derivative_order_annealing_differentiates_first_order_then_second_order():
+    options = dict(inner_lr=0.1, inner_steps=2)
+    maml = compiled(first_order_until=3, **options)
+    batch = episode()
+    first, second = (gradients_of_order(order, maml, batch, **options) for order in (True, False))
+    assert not all(np.allclose(a, b) for a, b in zip(first, second))  # the orders really differ here
+    for step, expected in ((0, first), (2, first), (3, second), (50, second)):
+        maml.optimizer.iterations.assign(step)
+        for a, b in zip(meta_gradients(maml, batch), expected):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_derivative_order_annealing_trains_first_order_then_second_order():
+    """``fit`` (a traced ``tf.cond``) updates θ and the learned rates with first-order meta-gradients before
+    ``first_order_until`` meta-steps and second-order ones from then on, also when resumed past it."""
+    options = dict(inner_lr=0.1, inner_steps=2, learn_inner_lr="per_step", multi_step_loss=10)
+    batch = episode()
+    data = tf.data.Dataset.from_tensors(tuple(batch)).repeat()
+    maml = compiled(first_order_until=1, **options)
+    lr = float(maml.optimizer.learning_rate.numpy())
+    for step, first_order in ((0, True), (1, False), (5, False)):
+        maml.optimizer.iterations.assign(step)
+        reference = compiled(**options)  # the multi-step weights depend on the meta-step too
+        reference.optimizer.iterations.assign(step)
+        for a, b in zip(reference.trainable_variables, maml.trainable_variables):
+            a.assign(b)
+        reference.first_order = first_order
+        grads = meta_gradients(reference, batch)
+        expected = [v.numpy() - lr * g for v, g in zip(maml.trainable_variables, grads)]
+        maml.fit(data, steps_per_epoch=1, epochs=1, verbose=0)
+        for v, e in zip(maml.trainable_variables, expected):
+            np.testing.assert_allclose(v.numpy(), e, rtol=1e-10, atol=1e-14)

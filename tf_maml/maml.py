@@ -44,6 +44,11 @@ class MAML(keras.Model):
             step, uniformly at first and then linearly towards the last step alone, which it reaches after
             this many meta-steps (counted by ``optimizer.iterations``); from then on it is MAML's own loss.
             It steadies early training of many-step models. ``0`` (default) is off.
+        first_order_until: MAML++'s derivative-order annealing: first-order meta-gradients for the first
+            this many meta-steps (by ``optimizer.iterations``, so a resumed run picks up the right order),
+            second order after. The early steps are cheaper, and second-order gradients start from a
+            reasonable θ. Both orders are traced once and a ``tf.cond`` runs one per step: tracing takes
+            about twice as long. ``0`` (default) is off; no effect when ``first_order``.
         adapt_layers: names of the layers adapted in the inner loop (ANIL: only the head); the rest stay
             at θ. ``None`` adapts every trainable weight.
         batch_norm: ``"transductive"`` uses the statistics of the current batch everywhere, meta-test
@@ -67,6 +72,7 @@ class MAML(keras.Model):
         first_order: bool = False,
         learn_inner_lr: bool | str = False,
         multi_step_loss: int = 0,
+        first_order_until: int = 0,
         adapt_layers: Sequence[str] | None = None,
         batch_norm: str = "transductive",
         task_execution: str = "vectorized",
@@ -86,6 +92,7 @@ class MAML(keras.Model):
             check_value(name, bool(flag) if isinstance(flag, np.bool_) else flag, BOOLEAN)
         learn_inner_lr = _checked_learn_inner_lr(learn_inner_lr, inner_steps)
         check_value("multi_step_loss", multi_step_loss, integer(0))
+        check_value("first_order_until", first_order_until, integer(0))
         if isinstance(adapt_layers, str):
             raise TypeError(f"adapt_layers takes a list of layer names, e.g. [{adapt_layers!r}], got the string {adapt_layers!r}.")
         self.model = model
@@ -95,6 +102,7 @@ class MAML(keras.Model):
         self.first_order = bool(first_order)
         self.learn_inner_lr = learn_inner_lr
         self.multi_step_loss = int(multi_step_loss)
+        self.first_order_until = int(first_order_until)
         self.adapt_layers = None if adapt_layers is None else list(adapt_layers)
         self.batch_norm = batch_norm
         self.task_execution = task_execution
@@ -317,21 +325,31 @@ class MAML(keras.Model):
         earlier = tf.fill([steps - 1], (1.0 - progress) / steps)
         return tf.concat([earlier, [1.0 - tf.reduce_sum(earlier)]], 0)
 
+    def _meta_step(self):
+        """The optimizer's meta-step count (0 before ``compile``), which the MAML++ schedules follow."""
+        optimizer = getattr(self, "optimizer", None)
+        return tf.constant(0, tf.int64) if optimizer is None else optimizer.iterations
+
     def _training_step_weights(self) -> tf.Tensor | None:
         if not self.multi_step_loss or self.inner_steps < 2:
             return None
-        optimizer = getattr(self, "optimizer", None)
-        return self.step_loss_weights(0 if optimizer is None else optimizer.iterations)
+        return self.step_loss_weights(self._meta_step())
 
     def meta_loss(self, episode_batch, training: bool = True) -> tf.Tensor:
         """Mean post-adaptation query loss; differentiable with respect to θ (and learned rates). With
         ``multi_step_loss`` and ``training``, the multi-step loss at the optimizer's meta-step (0 before
-        ``compile``)."""
+        ``compile``); with ``first_order_until``, differentiable in the order ``train_step`` uses there."""
         batch = as_episode_batch(episode_batch)
         steps = self.inner_steps if training else self.eval_inner_steps
         weights = self._training_step_weights() if training else None
-        objective, _, _, _, _ = self._episode_outputs(batch, steps, training, self.first_order, weights)
-        return tf.reduce_mean(objective)
+
+        def mean_objective(first_order: bool) -> tf.Tensor:
+            return tf.reduce_mean(self._episode_outputs(batch, steps, training, first_order, weights)[0])
+
+        if training and self.first_order_until and not self.first_order:
+            return tf.cond(self._meta_step() < self.first_order_until,
+                           lambda: mean_objective(True), lambda: mean_objective(False))
+        return mean_objective(self.first_order)
 
     # ------------------------------------------------------------------------------------ Keras API
     def compile(self, *args, jit_compile: bool | str = False, **kwargs):
@@ -345,20 +363,38 @@ class MAML(keras.Model):
 
     def train_step(self, data):
         batch = as_episode_batch(data)
-        with tf.GradientTape() as tape:
-            objective, loss, pre_loss, pred, new_nt = self._episode_outputs(
-                batch, self.inner_steps, True, self.first_order, self._training_step_weights()
+        weights = self._training_step_weights()
+        if self.first_order_until and not self.first_order:
+            meta_loss, grads, outputs = tf.cond(
+                self._meta_step() < self.first_order_until,
+                lambda: self._meta_gradients(batch, True, weights),
+                lambda: self._meta_gradients(batch, False, weights),
             )
-            meta_loss = tf.reduce_mean(objective)
-            # Under a distribution strategy the replicas' gradients are summed: scale so the sum is the mean.
-            scaled = meta_loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, meta_loss.dtype)
+        else:
+            meta_loss, grads, outputs = self._meta_gradients(batch, self.first_order, weights)
+        loss, pre_loss, pred, new_nt = outputs
         variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
         grads = self._check_finite(meta_loss, grads)
         self.optimizer.apply_gradients(zip(grads, variables))
         if self.batch_norm == "running":
             self._update_running_statistics(new_nt)
         return self._report(batch, loss, pre_loss, pred)
+
+    def _meta_gradients(self, batch: EpisodeBatch, first_order: bool, step_weights):
+        """Meta-loss, its gradients for ``trainable_variables`` (zeros where unconnected, so that both
+        branches of the derivative-order ``tf.cond`` match) and the episode outputs that are reported."""
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            objective, loss, pre_loss, pred, new_nt = self._episode_outputs(
+                batch, self.inner_steps, True, first_order, step_weights
+            )
+            meta_loss = tf.reduce_mean(objective)
+            # Under a distribution strategy the replicas' gradients are summed: scale so the sum is the mean.
+            scaled = meta_loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, meta_loss.dtype)
+        grads = tape.gradient(scaled, variables)
+        if self.first_order_until:
+            grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
+        return meta_loss, grads, (loss, pre_loss, pred, new_nt)
 
     def test_step(self, data):
         batch = as_episode_batch(data)
@@ -564,6 +600,7 @@ class MAML(keras.Model):
             "first_order": self.first_order,
             "learn_inner_lr": self.learn_inner_lr,
             "multi_step_loss": self.multi_step_loss,
+            "first_order_until": self.first_order_until,
             "adapt_layers": self.adapt_layers,
             "batch_norm": self.batch_norm,
             "task_execution": self.task_execution,

@@ -46,6 +46,7 @@ class OmniglotConfig:
     batch_norm: str = "transductive"  # or "running"; see MAML(batch_norm=...)
     learn_inner_lr: bool | str = False  # MAML++'s per-step rates: "per_step"; see MAML(learn_inner_lr=...)
     multi_step_loss: int = 0  # MAML++'s multi-step loss, annealed over this many meta-steps (0: off)
+    first_order_until: int = 0  # MAML++'s derivative-order annealing: first order for this many meta-steps
 
     RUN_KIND: ClassVar[str] = "an Omniglot run or export (scripts/train_omniglot.py)"
     RULES: ClassVar[dict[str, Rule]] = {
@@ -55,6 +56,7 @@ class OmniglotConfig:
         "first_order": BOOLEAN, "split": one_of(*SPLITS), "seed": integer(0), "validation_tasks": integer(1),
         "eval_tasks": integer(1), "task_execution": one_of(*TASK_EXECUTIONS), "batch_norm": one_of(*BATCH_NORM_MODES),
         "learn_inner_lr": LEARN_INNER_LR, "multi_step_loss": integer(0),
+        "first_order_until": integer(0),
     }
 
     def __post_init__(self) -> None:
@@ -100,7 +102,8 @@ def build_meta_learner(config: OmniglotConfig) -> MAML:
     maml = MAML(omniglot_convnet(config.ways), inner_lr=config.inner_lr, inner_steps=config.inner_steps,
                 eval_inner_steps=config.eval_inner_steps, first_order=config.first_order,
                 task_execution=config.task_execution, batch_norm=config.batch_norm,
-                learn_inner_lr=config.learn_inner_lr, multi_step_loss=config.multi_step_loss)
+                learn_inner_lr=config.learn_inner_lr, multi_step_loss=config.multi_step_loss,
+                first_order_until=config.first_order_until)
     maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
