@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """MAML++'s options against plain MAML at the same budget, on sinusoid regression with several inner steps.
 
-Usage: python benchmarks/bench_maml_plus_plus.py [--meta-steps 10000] [--seeds 0 1] [--quick] [--json PATH]
+Usage: python benchmarks/bench_maml_plus_plus.py [--meta-steps 10000] [--seeds 0 1] [--variants NAME ...]
+                                                 [--quick] [--json PATH]
 
 Each variant (plain MAML; the multi-step loss, annealed over the first tenth of training; per-step
 learned inner rates; both; both with derivative-order annealing, first order for the first third) is
@@ -81,6 +82,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--meta-steps", type=int, default=10_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--variants", nargs="+", choices=list(variants(1)), metavar="NAME",
+                   help=f"run only these (default all): {', '.join(map(repr, variants(1)))}")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json")
     args = p.parse_args()
@@ -92,6 +95,8 @@ def main() -> None:
     print(f"{'variant':<16} {'seed':>4} {'0 steps':>8} {'1 step':>8} {'5 steps':>16} {'step ms':>8} {'train s':>8}")
     for seed in args.seeds:
         for name, options in variants(meta_steps).items():
+            if args.variants and name not in args.variants:
+                continue
             row = {"variant": name, **run_variant(options, seed, meta_steps, steps_per_epoch, eval_tasks)}
             rows.append(row)
             if "diverged_at" in row:

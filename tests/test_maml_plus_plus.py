@@ -185,10 +185,14 @@ def test_assigning_a_fixed_rate_to_learned_per_step_rates_is_refused_by_name():
         maml.inner_lr = 0.5
 
 
-def meta_gradients(maml, batch):
+def meta_gradient_tensors(maml, batch):
     with tf.GradientTape() as tape:
         loss = maml.meta_loss(batch)
-    return [g.numpy() for g in tape.gradient(loss, maml.trainable_variables)]
+    return tape.gradient(loss, maml.trainable_variables)
+
+
+def meta_gradients(maml, batch):
+    return [g.numpy() for g in meta_gradient_tensors(maml, batch)]
 
 
 def gradients_of_order(first_order, like, batch, **kwargs):
@@ -199,25 +203,64 @@ def gradients_of_order(first_order, like, batch, **kwargs):
     return meta_gradients(reference, batch)
 
 
-def test_derivative_order_annealing_differentiates_first_order_then_second_order():
+@pytest.mark.parametrize("graph", [False, True])
+def test_derivative_order_annealing_differentiates_first_order_then_second_order(graph):
     options = dict(inner_lr=0.1, inner_steps=2)
     maml = compiled(first_order_until=3, **options)
     batch = episode()
     first, second = (gradients_of_order(order, maml, batch, **options) for order in (True, False))
     assert not all(np.allclose(a, b) for a, b in zip(first, second))  # the orders really differ here
+    def gradients():
+        return meta_gradient_tensors(maml, batch)
+
+    compute = tf.function(gradients) if graph else gradients  # traced once: the order follows the meta-step
     for step, expected in ((0, first), (2, first), (3, second), (50, second)):
         maml.optimizer.iterations.assign(step)
-        for a, b in zip(meta_gradients(maml, batch), expected):
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+        for a, b in zip(compute(), expected):
+            np.testing.assert_allclose(a.numpy(), b, rtol=1e-10, atol=1e-14)
 
 
-def test_derivative_order_annealing_trains_first_order_then_second_order():
-    """``fit`` (a traced ``tf.cond``) updates θ and the learned rates with first-order meta-gradients before
-    ``first_order_until`` meta-steps and second-order ones from then on, also when resumed past it."""
-    options = dict(inner_lr=0.1, inner_steps=2, learn_inner_lr="per_step", multi_step_loss=10)
+def test_meta_loss_refuses_a_graph_gradient_that_annealing_and_recomputation_cannot_give():
+    maml = compiled(inner_steps=2, first_order_until=3, recompute_inner_loop=True)
+    batch = episode()
+    with pytest.raises(NotImplementedError, match="fit/train_step, which support both"):
+        tf.function(lambda: maml.meta_loss(batch))()
+    assert np.isfinite(maml.meta_loss(batch).numpy())  # eagerly it is fine
+
+
+def test_a_weight_the_meta_loss_never_reaches_keeps_no_gradient_under_annealing():
+    """Zeros stand in for its gradient inside the tf.cond, but the optimizer must still get None: AdamW
+    would otherwise decay the weight."""
+
+    class WithUnusedWeight(keras.layers.Layer):
+        def build(self, input_shape):
+            self.used = self.add_weight(shape=(), initializer="ones", dtype="float64")
+            self.unused = self.add_weight(shape=(), initializer="ones", dtype="float64")
+
+        def call(self, x):
+            return x * self.used
+
+    inputs = keras.Input(shape=(1,), dtype="float64")
+    maml = MAML(keras.Model(inputs, WithUnusedWeight(dtype="float64")(inputs)), inner_lr=0.1, inner_steps=2,
+                first_order_until=1)
+    maml.compile(optimizer=keras.optimizers.AdamW(0.1, weight_decay=0.5), loss="mse")
+    maml.fit(tf.data.Dataset.from_tensors(tuple(episode())).repeat(), steps_per_epoch=3, epochs=1, verbose=0)
+    layer = maml.model.layers[-1]
+    assert float(layer.unused.numpy()) == 1.0 and float(layer.used.numpy()) != 1.0
+
+
+@pytest.mark.parametrize("task_execution,recompute,eager", [("vectorized", False, False), ("map", True, False),
+                                                             ("loop", False, True)])
+def test_derivative_order_annealing_trains_first_order_then_second_order(task_execution, recompute, eager):
+    """``fit`` (a traced ``tf.cond``, or eagerly a Python choice) updates θ and the learned rates with
+    first-order meta-gradients before ``first_order_until`` meta-steps and second-order ones from then on,
+    also when resumed past it."""
+    options = dict(inner_lr=0.1, inner_steps=2, learn_inner_lr="per_step", multi_step_loss=10,
+                   task_execution=task_execution)
     batch = episode()
     data = tf.data.Dataset.from_tensors(tuple(batch)).repeat()
-    maml = compiled(first_order_until=1, **options)
+    maml = MAML(tiny_model(), first_order_until=1, recompute_inner_loop=recompute, **options)
+    maml.compile(optimizer="sgd", loss="mse", run_eagerly=eager)
     lr = float(maml.optimizer.learning_rate.numpy())
     for step, first_order in ((0, True), (1, False), (5, False)):
         maml.optimizer.iterations.assign(step)

@@ -47,8 +47,9 @@ class MAML(keras.Model):
         first_order_until: MAML++'s derivative-order annealing: first-order meta-gradients for the first
             this many meta-steps (by ``optimizer.iterations``, so a resumed run picks up the right order),
             second order after. The early steps are cheaper, and second-order gradients start from a
-            reasonable θ. Both orders are traced once and a ``tf.cond`` runs one per step: tracing takes
-            about twice as long. ``0`` (default) is off; no effect when ``first_order``.
+            reasonable θ. Both orders are traced once and a ``tf.cond`` runs one per step, so tracing
+            takes about twice as long, also in a run resumed past the switch. ``0`` (default) is off; no
+            effect when ``first_order``.
         adapt_layers: names of the layers adapted in the inner loop (ANIL: only the head); the rest stay
             at θ. ``None`` adapts every trainable weight.
         batch_norm: ``"transductive"`` uses the statistics of the current batch everywhere, meta-test
@@ -342,14 +343,30 @@ class MAML(keras.Model):
         batch = as_episode_batch(episode_batch)
         steps = self.inner_steps if training else self.eval_inner_steps
         weights = self._training_step_weights() if training else None
+        if training and self._anneals_in_graph() and self.recompute_inner_loop:
+            # The gradient of a tf.cond cannot reach what recompute's custom gradient captures.
+            raise NotImplementedError(
+                "meta_loss cannot be differentiated inside a tf.function with both first_order_until and "
+                "recompute_inner_loop: call it eagerly, or train with fit/train_step, which support both."
+            )
 
         def mean_objective(first_order: bool) -> tf.Tensor:
             return tf.reduce_mean(self._episode_outputs(batch, steps, training, first_order, weights)[0])
 
-        if training and self.first_order_until and not self.first_order:
-            return tf.cond(self._meta_step() < self.first_order_until,
-                           lambda: mean_objective(True), lambda: mean_objective(False))
-        return mean_objective(self.first_order)
+        return self._in_derivative_order(mean_objective) if training else mean_objective(self.first_order)
+
+    def _anneals_in_graph(self) -> bool:
+        return bool(self.first_order_until) and not self.first_order and not tf.executing_eagerly()
+
+    def _in_derivative_order(self, fn):
+        """``fn(first_order)`` in the order of the current meta-step: with ``first_order_until``, first order
+        before it and second order from it; chosen in Python when eager, by a ``tf.cond`` in a graph."""
+        if not self.first_order_until or self.first_order:
+            return fn(self.first_order)
+        early = self._meta_step() < self.first_order_until
+        if tf.executing_eagerly():
+            return fn(bool(early))
+        return tf.cond(early, lambda: fn(True), lambda: fn(False))
 
     # ------------------------------------------------------------------------------------ Keras API
     def compile(self, *args, jit_compile: bool | str = False, **kwargs):
@@ -364,26 +381,29 @@ class MAML(keras.Model):
     def train_step(self, data):
         batch = as_episode_batch(data)
         weights = self._training_step_weights()
-        if self.first_order_until and not self.first_order:
-            meta_loss, grads, outputs = tf.cond(
-                self._meta_step() < self.first_order_until,
-                lambda: self._meta_gradients(batch, True, weights),
-                lambda: self._meta_gradients(batch, False, weights),
-            )
-        else:
-            meta_loss, grads, outputs = self._meta_gradients(batch, self.first_order, weights)
-        loss, pre_loss, pred, new_nt = outputs
-        variables = self.trainable_variables
+        in_cond = self._anneals_in_graph()
+        unconnected = []  # per traced order: the variables the meta-loss does not reach
+
+        def meta_gradients(first_order: bool):
+            meta_loss, grads, outputs = self._meta_gradients(batch, first_order, weights)
+            unconnected.append({i for i, g in enumerate(grads) if g is None})
+            if in_cond:  # both branches of the tf.cond must return tensors of the same kinds
+                grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                         for g, v in zip(grads, self.trainable_variables)]
+            return meta_loss, grads, outputs
+
+        meta_loss, grads, (loss, pre_loss, pred, new_nt) = self._in_derivative_order(meta_gradients)
+        # A variable unconnected in every order keeps a None gradient: the optimizer leaves it alone (no
+        # weight decay or momentum on zeros) and Keras still warns about it.
+        grads = [None if all(i in u for u in unconnected) else g for i, g in enumerate(grads)]
         grads = self._check_finite(meta_loss, grads)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         if self.batch_norm == "running":
             self._update_running_statistics(new_nt)
         return self._report(batch, loss, pre_loss, pred)
 
     def _meta_gradients(self, batch: EpisodeBatch, first_order: bool, step_weights):
-        """Meta-loss, its gradients for ``trainable_variables`` (zeros where unconnected, so that both
-        branches of the derivative-order ``tf.cond`` match) and the episode outputs that are reported."""
-        variables = self.trainable_variables
+        """Meta-loss, its gradients for ``trainable_variables`` and the episode outputs that are reported."""
         with tf.GradientTape() as tape:
             objective, loss, pre_loss, pred, new_nt = self._episode_outputs(
                 batch, self.inner_steps, True, first_order, step_weights
@@ -391,10 +411,7 @@ class MAML(keras.Model):
             meta_loss = tf.reduce_mean(objective)
             # Under a distribution strategy the replicas' gradients are summed: scale so the sum is the mean.
             scaled = meta_loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, meta_loss.dtype)
-        grads = tape.gradient(scaled, variables)
-        if self.first_order_until:
-            grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
-        return meta_loss, grads, (loss, pre_loss, pred, new_nt)
+        return meta_loss, tape.gradient(scaled, self.trainable_variables), (loss, pre_loss, pred, new_nt)
 
     def test_step(self, data):
         batch = as_episode_batch(data)

@@ -162,6 +162,8 @@ def _maml_metadata(maml: MAML, steps: int, support_y_spec: tf.TensorSpec) -> dic
             "adapt_layers": maml.adapt_layers,
             "batch_norm": maml.batch_norm,
             "first_order_meta_training": maml.first_order,
+            "first_order_until": maml.first_order_until,
+            "multi_step_loss": maml.multi_step_loss,
             "support_y": {"shape": support_y_spec.shape.as_list(), "dtype": support_y_spec.dtype.name},
             "signatures": {
                 "serving_default": f"{INPUTS} -> {PREDICTIONS} with the meta-learned θ (no adaptation)",

@@ -39,7 +39,7 @@ def test_maml_plus_plus_settings_reach_the_meta_learner(tmp_path):
     plain = omniglot.build_meta_learner(preset)
     assert (plain.learn_inner_lr, plain.multi_step_loss) == (False, 0)
     legacy = dataclasses.asdict(preset)
-    del legacy["learn_inner_lr"], legacy["multi_step_loss"]  # runs from before the settings existed
+    del legacy["learn_inner_lr"], legacy["multi_step_loss"], legacy["first_order_until"]  # runs from before them
     (tmp_path / "config.json").write_text(json.dumps(legacy))
     assert omniglot.config_from_workdir(str(tmp_path)) == preset
 
@@ -93,13 +93,13 @@ def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
     argv = ["train_omniglot.py", "--preset", "20way5shot", "--workdir", str(workdir), "--meta-steps", "300",
             "--steps-per-epoch", "50", "--split", "tfds", "--first-order", "--batch-norm", "running",
             "--offline", "--data-dir", str(tmp_path / "data"), "--eval-tasks", "7", "--graph-optimization", "off",
-            "--learn-inner-lr", "per_step", "--multi-step-loss", "1000"]
+            "--learn-inner-lr", "per_step", "--multi-step-loss", "1000", "--first-order-until", "200"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(os.path.join(ROOT, "scripts", "train_omniglot.py"), run_name="__main__")
     c = seen["config"]
     assert (c.ways, c.shots, c.meta_steps, c.steps_per_epoch, c.split, c.first_order, c.batch_norm) == (
         20, 5, 300, 50, "tfds", True, "running")
-    assert (c.learn_inner_lr, c.multi_step_loss) == ("per_step", 1000)
+    assert (c.learn_inner_lr, c.multi_step_loss, c.first_order_until) == ("per_step", 1000, 200)
     assert seen["split"] == "tfds" and seen["args"].offline and seen["args"].data_dir == str(tmp_path / "data")
     assert seen["graph"] == "off" and seen["threads"] and seen["data"] == "DATA"
     assert json.loads((workdir / "eval.json").read_text()) == {"tasks": 7}
