@@ -58,15 +58,18 @@ def one_step(make, batch, loss, **kwargs):
     return weights, out
 
 
-# 1. Sinusoid MLP: the θ change equals the single-device meta-gradient over the whole meta-batch.
+# 1. Sinusoid MLP: the θ change equals the single-device meta-gradient over the whole meta-batch. With
+#    derivative-order annealing, meta-step 0 is first order (the tf.cond on the mirrored meta-step).
 batch = tuple(t.numpy() for t in sample_sinusoid_tasks([1, 2], 8, 5, 5)[0])
-for task_execution, recompute in (("vectorized", False), ("map", False), ("loop", False), ("loop", True)):
+for task_execution, recompute, until in (("vectorized", False, 0), ("map", False, 0), ("loop", False, 0),
+                                         ("loop", True, 0), ("map", False, 1)):
     Recording.seen.clear()
-    reference = MAML(sinusoid_mlp(seed=0), inner_lr=0.01, inner_steps=2, task_execution=task_execution)
+    reference = MAML(sinusoid_mlp(seed=0), inner_lr=0.01, inner_steps=2, task_execution=task_execution,
+                     first_order=bool(until))
     reference.compile(optimizer="sgd", loss="mse")
     with strategy.scope():
         maml = Recording(sinusoid_mlp(seed=0), inner_lr=0.01, inner_steps=2, task_execution=task_execution,
-                         recompute_inner_loop=recompute)
+                         recompute_inner_loop=recompute, first_order_until=until)
         maml.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse", metrics=["mae"])
     reference.model.set_weights(maml.model.get_weights())
     with tf.GradientTape() as tape:
@@ -78,7 +81,7 @@ for task_execution, recompute in (("vectorized", False), ("map", False), ("loop"
     for b, a, g in zip(before, maml.model.get_weights(), expected):
         np.testing.assert_allclose(b - a, g.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(history["loss"][0], float(meta_loss), rtol=1e-5)  # metrics: all tasks
-    report[task_execution + ("+recompute" if recompute else "")] = history["loss"][0]
+    report[task_execution + ("+recompute" if recompute else "") + ("+annealing" if until else "")] = history["loss"][0]
 
 # 2. Batch norm with running statistics: the replicas' copies stay equal to the one-device values.
 rng = np.random.default_rng(0)
@@ -121,5 +124,5 @@ def test_mirrored_strategy_meta_step_equals_one_device():
     proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    assert set(result) == {"vectorized", "map", "loop", "loop+recompute", "resumable"}
+    assert set(result) == {"vectorized", "map", "loop", "loop+recompute", "map+annealing", "resumable"}
     assert result.pop("resumable") == {"steps": [4, 6], "checkpoints": ["ckpt-2.index", "ckpt-4.index", "ckpt-6.index"]}
