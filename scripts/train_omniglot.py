@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--first-order-until", type=flag_type(integer(0)), metavar="META_STEPS",
                         help="MAML++'s derivative-order annealing: first-order meta-gradients for this many "
                              "meta-steps, then second order (default 0: the run's order throughout)")
+    parser.add_argument("--cosine-meta-lr", type=flag_type(integer(0)), metavar="META_STEPS",
+                        help="MAML++'s cosine annealing of the meta learning rate to 1%% of it over this many "
+                             "meta-steps (default 0: constant)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--eval-tasks", type=flag_type(integer(1)),
                         help="meta-test tasks evaluated after training, >= 1 (default: the run's eval_tasks, 600)")
@@ -50,7 +53,8 @@ def main() -> None:
     overrides = {k: v for k, v in (("meta_steps", args.meta_steps), ("steps_per_epoch", args.steps_per_epoch),
                                    ("split", args.split), ("batch_norm", args.batch_norm),
                                    ("multi_step_loss", args.multi_step_loss),
-                                   ("first_order_until", args.first_order_until)) if v is not None}
+                                   ("first_order_until", args.first_order_until),
+                                   ("cosine_meta_lr", args.cosine_meta_lr)) if v is not None}
     if args.learn_inner_lr:
         overrides["learn_inner_lr"] = True if args.learn_inner_lr == "per_element" else args.learn_inner_lr
     if args.first_order:

@@ -58,6 +58,7 @@ def run_subprocess(script: str, *args: str) -> subprocess.CompletedProcess:
     ({"learn_inner_lr": "per_layer"}, "learn_inner_lr = 'per_layer' (must be False, True (Meta-SGD) or 'per_step'"),
     ({"multi_step_loss": -1}, "multi_step_loss = -1 (must be an integer >= 0)"),
     ({"first_order_until": 1.5}, "first_order_until = 1.5 (must be an integer >= 0)"),
+    ({"cosine_meta_lr": -3}, "cosine_meta_lr = -3 (must be an integer >= 0)"),
     ({"learn_inner_lr": "per_step", "inner_steps": 0}, "learn_inner_lr='per_step' learns one rate per inner step"),
 ])
 def test_omniglot_settings_are_checked_before_the_run_directory_exists(tmp_path, overrides, says):

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tf_maml.recipes import omniglot
@@ -39,9 +40,21 @@ def test_maml_plus_plus_settings_reach_the_meta_learner(tmp_path):
     plain = omniglot.build_meta_learner(preset)
     assert (plain.learn_inner_lr, plain.multi_step_loss) == (False, 0)
     legacy = dataclasses.asdict(preset)
-    del legacy["learn_inner_lr"], legacy["multi_step_loss"], legacy["first_order_until"]  # runs from before them
+    for added in ("learn_inner_lr", "multi_step_loss", "first_order_until", "cosine_meta_lr"):
+        del legacy[added]  # runs from before the settings existed
     (tmp_path / "config.json").write_text(json.dumps(legacy))
     assert omniglot.config_from_workdir(str(tmp_path)) == preset
+
+
+def test_cosine_meta_lr_anneals_adam_to_a_hundredth_over_its_own_horizon():
+    config = dataclasses.replace(omniglot.PRESETS["5way1shot"], meta_lr=2e-3, cosine_meta_lr=1000)
+    optimizer = omniglot.build_meta_learner(config).optimizer
+    for step, expected in ((0, 2e-3), (500, 2e-3 * (0.01 + 0.99 * 0.5)), (1000, 2e-5), (5000, 2e-5)):
+        optimizer.iterations.assign(step)
+        np.testing.assert_allclose(float(optimizer.learning_rate), expected, rtol=1e-5)
+    constant = omniglot.build_meta_learner(omniglot.PRESETS["5way1shot"]).optimizer
+    constant.iterations.assign(5000)
+    np.testing.assert_allclose(float(constant.learning_rate), 1e-3, rtol=1e-6)
 
 
 def test_batch_norm_mode_is_part_of_the_config(tmp_path):
@@ -93,13 +106,14 @@ def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
     argv = ["train_omniglot.py", "--preset", "20way5shot", "--workdir", str(workdir), "--meta-steps", "300",
             "--steps-per-epoch", "50", "--split", "tfds", "--first-order", "--batch-norm", "running",
             "--offline", "--data-dir", str(tmp_path / "data"), "--eval-tasks", "7", "--graph-optimization", "off",
-            "--learn-inner-lr", "per_step", "--multi-step-loss", "1000", "--first-order-until", "200"]
+            "--learn-inner-lr", "per_step", "--multi-step-loss", "1000", "--first-order-until", "200",
+            "--cosine-meta-lr", "300"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(os.path.join(ROOT, "scripts", "train_omniglot.py"), run_name="__main__")
     c = seen["config"]
     assert (c.ways, c.shots, c.meta_steps, c.steps_per_epoch, c.split, c.first_order, c.batch_norm) == (
         20, 5, 300, 50, "tfds", True, "running")
-    assert (c.learn_inner_lr, c.multi_step_loss, c.first_order_until) == ("per_step", 1000, 200)
+    assert (c.learn_inner_lr, c.multi_step_loss, c.first_order_until, c.cosine_meta_lr) == ("per_step", 1000, 200, 300)
     assert seen["split"] == "tfds" and seen["args"].offline and seen["args"].data_dir == str(tmp_path / "data")
     assert seen["graph"] == "off" and seen["threads"] and seen["data"] == "DATA"
     assert json.loads((workdir / "eval.json").read_text()) == {"tasks": 7}

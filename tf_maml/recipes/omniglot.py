@@ -47,6 +47,7 @@ class OmniglotConfig:
     learn_inner_lr: bool | str = False  # MAML++'s per-step rates: "per_step"; see MAML(learn_inner_lr=...)
     multi_step_loss: int = 0  # MAML++'s multi-step loss, annealed over this many meta-steps (0: off)
     first_order_until: int = 0  # MAML++'s derivative-order annealing: first order for this many meta-steps
+    cosine_meta_lr: int = 0  # MAML++'s cosine annealing: meta_lr to 1% of it over this many meta-steps (0: off)
 
     RUN_KIND: ClassVar[str] = "an Omniglot run or export (scripts/train_omniglot.py)"
     RULES: ClassVar[dict[str, Rule]] = {
@@ -56,7 +57,7 @@ class OmniglotConfig:
         "first_order": BOOLEAN, "split": one_of(*SPLITS), "seed": integer(0), "validation_tasks": integer(1),
         "eval_tasks": integer(1), "task_execution": one_of(*TASK_EXECUTIONS), "batch_norm": one_of(*BATCH_NORM_MODES),
         "learn_inner_lr": LEARN_INNER_LR, "multi_step_loss": integer(0),
-        "first_order_until": integer(0),
+        "first_order_until": integer(0), "cosine_meta_lr": integer(0),
     }
 
     def __post_init__(self) -> None:
@@ -104,10 +105,19 @@ def build_meta_learner(config: OmniglotConfig) -> MAML:
                 task_execution=config.task_execution, batch_norm=config.batch_norm,
                 learn_inner_lr=config.learn_inner_lr, multi_step_loss=config.multi_step_loss,
                 first_order_until=config.first_order_until)
-    maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr),
+    maml.compile(optimizer=keras.optimizers.Adam(meta_learning_rate(config)),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     return maml
+
+
+def meta_learning_rate(config: OmniglotConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """Adam's rate: ``meta_lr``, or with ``cosine_meta_lr`` MAML++'s cosine annealing to 1% of it (1e-5 from
+    1e-3, as MAML++ does), held there after. The horizon is its own setting, not ``meta_steps``, which a
+    resumed run may extend: the schedule of a run must not change under it."""
+    if not config.cosine_meta_lr:
+        return config.meta_lr
+    return keras.optimizers.schedules.CosineDecay(config.meta_lr, decay_steps=config.cosine_meta_lr, alpha=0.01)
 
 
 def episodes(config: OmniglotConfig, split, seed: int, start_step: int = 0, meta_batch: int | None = None):
