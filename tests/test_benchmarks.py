@@ -21,6 +21,7 @@ CASES = [
     ("bench_serving.py", ["--quick", "--demo"], "p50 ms", {"environment", "results"}, "results"),
     ("bench_trpo_update.py", ["--quick", "--no-torch"], "median ms", {"meta", "rows"}, "rows"),
     ("bench_maml_plus_plus.py", ["--quick"], "held-out MSE", {"meta", "rows"}, "rows"),
+    ("bench_episode_lengths.py", ["--quick"], "mean length", {"meta", "rows"}, "rows"),
 ]
 # Not run here: bench_rl.py (meta-RL; its quick mode starts environment worker processes and writes no JSON).
 NOT_RUN = {"bench_rl.py"}
