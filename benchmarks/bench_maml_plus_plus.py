@@ -65,7 +65,7 @@ def run_variant(options: dict, seed: int, meta_steps: int, steps_per_epoch: int,
         maml.fit(sinusoid_episodes(META_BATCH, SHOTS, seed=seed), steps_per_epoch=steps_per_epoch,
                  epochs=meta_steps // steps_per_epoch, callbacks=[EpochTimer()], verbose=0)
     except MetaLossNotFiniteError:
-        return {"seed": seed, "meta_steps": meta_steps, "diverged_at": int(maml.optimizer.iterations.numpy())}
+        return {"seed": seed, "meta_steps": meta_steps, "diverged_at": maml.meta_steps_done()}
     held_out = sinusoid_episodes(100, SHOTS, seed=seed + 10_000)
     scores = summarize(scores_after_adaptation(maml, held_out, (0, 1, INNER_STEPS), task_mse, eval_tasks))
     timing = summarize_times([s / steps_per_epoch for s in (epoch_seconds[1:] or epoch_seconds)])

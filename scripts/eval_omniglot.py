@@ -36,7 +36,7 @@ def main() -> None:
     data = omniglot.load_classes(args, config.split)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=args.seed,
                                 steps=tuple(args.steps) if args.steps else None)
-    results["meta_steps"] = int(maml.optimizer.iterations.numpy()) if getattr(maml, "optimizer", None) else None
+    results["meta_steps"] = maml.meta_steps_done() if getattr(maml, "optimizer", None) else None
     print(json.dumps(results, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -30,7 +30,7 @@ def main() -> None:
         parser.error(str(err))
     data = omniglot.load_classes(args, config.split)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=0)
-    results["meta_steps"] = int(maml.optimizer.iterations.numpy())
+    results["meta_steps"] = maml.meta_steps_done()
     with open(os.path.join(args.workdir, "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))

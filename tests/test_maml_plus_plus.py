@@ -151,8 +151,9 @@ def test_maml_plus_plus_options_train_save_and_reload(tmp_path):
     data = tf.data.Dataset.from_tensor_slices(tuple(episode(tasks=40, shots=5)))
     data = data.batch(4, drop_remainder=True).repeat()
     before = [lr.numpy().copy() for lr in maml.inner_lrs]
+    assert MAML(tiny_model()).meta_steps_done() == 0  # not compiled: no optimizer yet
     maml.fit(data, steps_per_epoch=10, epochs=1, verbose=0)
-    assert int(maml.optimizer.iterations.numpy()) == 10
+    assert int(maml.optimizer.iterations.numpy()) == maml.meta_steps_done() == 10
     moved = np.stack([lr.numpy() - b for lr, b in zip(maml.inner_lrs, before)])
     assert np.all(np.abs(moved) > 0) and not np.allclose(moved[:, 0], moved[:, 1])  # each step's own rate
     path = str(tmp_path / "m.keras")

@@ -36,5 +36,4 @@ class EpisodeImages(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         grid = episode_grid(*self.batch)
         with tf.summary.create_file_writer(self.logdir).as_default():
-            step = int(self.model.optimizer.iterations.numpy())  # .numpy(): int() refuses a mirrored variable
-            tf.summary.image(self.name, grid[None].astype(np.float32), step=step)
+            tf.summary.image(self.name, grid[None].astype(np.float32), step=self.model.meta_steps_done())

@@ -331,6 +331,11 @@ class MAML(keras.Model):
         optimizer = getattr(self, "optimizer", None)
         return tf.constant(0, tf.int64) if optimizer is None else optimizer.iterations
 
+    def meta_steps_done(self) -> int:
+        """Meta-steps taken so far (0 before ``compile``), as a Python int. Read with ``.numpy()``: ``int()``
+        refuses the ``MirroredVariable`` that a distribution strategy makes of ``optimizer.iterations``."""
+        return int(self._meta_step().numpy())
+
     def _training_step_weights(self) -> tf.Tensor | None:
         if not self.multi_step_loss or self.inner_steps < 2:
             return None

@@ -182,7 +182,7 @@ def _maml_metadata(maml: MAML, steps: int, support_y_spec: tf.TensorSpec) -> dic
             per_step = np.stack(used)
             meta["learned_inner_lr"]["mean_per_step"] = [float(x) for x in per_step.mean(axis=0)]
     if getattr(maml, "optimizer", None) is not None:
-        meta["meta_steps_trained"] = int(maml.optimizer.iterations.numpy())
+        meta["meta_steps_trained"] = maml.meta_steps_done()
     return meta
 
 
@@ -403,7 +403,7 @@ def restore_checkpoint(maml: MAML, checkpoint: str) -> int:
         maml.optimizer.build(maml.trainable_variables)
         objects["optimizer"] = maml.optimizer
     tf.train.Checkpoint(**objects).restore(prefix).assert_existing_objects_matched().expect_partial()
-    return int(maml.optimizer.iterations.numpy()) if "optimizer" in objects else -1
+    return maml.meta_steps_done() if "optimizer" in objects else -1
 
 
 def export_from_file(

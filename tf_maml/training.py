@@ -103,7 +103,7 @@ class _SaveCheckpoint(keras.callbacks.Callback):
         self.manager = manager
 
     def on_epoch_end(self, epoch, logs=None):
-        self.manager.save(checkpoint_number=int(self.model.optimizer.iterations.numpy()))
+        self.manager.save(checkpoint_number=self.model.meta_steps_done())
 
 
 class _RecordBudget(keras.callbacks.Callback):
@@ -121,7 +121,7 @@ class _RecordBudget(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         spent = round(self.before["wall_seconds"] + time.perf_counter() - self.started, 1)
-        budget = {**self.before, "meta_steps": int(self.model.optimizer.iterations.numpy()), "wall_seconds": spent}
+        budget = {**self.before, "meta_steps": self.model.meta_steps_done(), "wall_seconds": spent}
         with open(self.path + ".tmp", "w") as f:
             json.dump(budget, f, indent=2)
         os.replace(self.path + ".tmp", self.path)
@@ -150,7 +150,7 @@ def restore_latest(maml: MAML, directory: str) -> int:
     manager = checkpoint_manager(maml, directory)
     if manager.latest_checkpoint:
         manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    return int(maml.optimizer.iterations.numpy())
+    return maml.meta_steps_done()
 
 
 def fit_resumable(

@@ -186,7 +186,7 @@ def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | N
 
     maml, config = load_for_evaluation(workdir=workdir)
     budget = read_budget(os.path.join(workdir, "budget.json"))
-    budget["meta_steps"] = int(maml.optimizer.iterations.numpy())
+    budget["meta_steps"] = maml.meta_steps_done()
     metadata = {
         "task_family": f"Omniglot {config.ways}-way {config.shots}-shot classification ({config.split} split)",
         "preprocessing": "TFDS omniglot 105x105 image, first channel, ink = 1 - pixel / 255, resized to 28x28 "

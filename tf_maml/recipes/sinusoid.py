@@ -97,7 +97,7 @@ def run(config: SinusoidConfig, workdir: str, verbose: int | str = 2) -> dict:
     # Held-out tasks come from a seed that training never uses.
     held_out = sinusoid_episodes(100, config.shots, seed=config.seed + 10_000)
     results = {"config": dataclasses.asdict(config), "train_seconds": round(budget["wall_seconds"], 1),
-               "meta_steps_done": int(maml.optimizer.iterations.numpy())}
+               "meta_steps_done": maml.meta_steps_done()}
     for label, learner in (("maml", maml), ("pretrained", baseline_maml)):
         scores = scores_after_adaptation(learner, held_out, config.eval_steps, task_mse, config.eval_tasks)
         results[label] = {str(s): {"mse": m, "ci95": c} for s, (m, c) in summarize(scores).items()}
