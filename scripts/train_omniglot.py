@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--cosine-meta-lr", type=flag_type(integer(0)), metavar="META_STEPS",
                         help="MAML++'s cosine annealing of the meta learning rate to 1%% of it over this many "
                              "meta-steps (default 0: constant)")
+    parser.add_argument("--per-step-bn", action="store_true",
+                        help="MAML++'s per-step batch-norm weights: batch norm's scale and offset learned once per "
+                             "inner step, not adapted in the inner loop")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--eval-tasks", type=flag_type(integer(1)),
                         help="meta-test tasks evaluated after training, >= 1 (default: the run's eval_tasks, 600)")
@@ -59,6 +62,8 @@ def main() -> None:
         overrides["learn_inner_lr"] = True if args.learn_inner_lr == "per_element" else args.learn_inner_lr
     if args.first_order:
         overrides["first_order"] = True
+    if args.per_step_bn:
+        overrides["per_step_batch_norm"] = True
     try:
         config, workdir = omniglot.config_for_run(args.preset, overrides, args.workdir)
     except ValueError as err:

@@ -83,14 +83,18 @@ for task_execution, recompute, until in (("vectorized", False, 0), ("map", False
     np.testing.assert_allclose(history["loss"][0], float(meta_loss), rtol=1e-5)  # metrics: all tasks
     report[task_execution + ("+recompute" if recompute else "") + ("+annealing" if until else "")] = history["loss"][0]
 
-# 2. Batch norm with running statistics: the replicas' copies stay equal to the one-device values.
+# 2. Batch norm with running statistics: the replicas' copies stay equal to the one-device values; so do
+#    MAML++'s per-step batch-norm weights.
 rng = np.random.default_rng(0)
 x = rng.uniform(0, 1, (4, 10, 28, 28, 1)).astype(np.float32)
 y = np.tile(np.arange(5, dtype=np.int32), (4, 2))
 images = (x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
-_, ((dist, _), (single, _)) = one_step(
+weights, ((dist, _), (single, _)) = one_step(
     lambda: omniglot_convnet(5, filters=4), images, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    inner_lr=0.4, batch_norm="running", task_execution="loop")
+    inner_lr=0.4, inner_steps=2, batch_norm="running", per_step_batch_norm=True, task_execution="loop")
+initial = dict(zip([w.path for w in dist.weights], weights))
+step_copies = [w for w in dist.batch_norm_step_weights if w is not None]
+assert len(step_copies) == 8 and all(np.abs(w.numpy() - initial[w.path]).max() > 0 for w in step_copies)  # trained
 for var in dist.model.non_trainable_variables:
     copies = [c.numpy() for c in var.value.values]
     np.testing.assert_array_equal(copies[0], copies[1])

@@ -60,6 +60,8 @@ def run_subprocess(script: str, *args: str) -> subprocess.CompletedProcess:
     ({"first_order_until": 1.5}, "first_order_until = 1.5 (must be an integer >= 0)"),
     ({"cosine_meta_lr": -3}, "cosine_meta_lr = -3 (must be an integer >= 0)"),
     ({"learn_inner_lr": "per_step", "inner_steps": 0}, "learn_inner_lr='per_step' learns one rate per inner step"),
+    ({"per_step_batch_norm": "yes"}, "per_step_batch_norm = 'yes' (must be True or False)"),
+    ({"per_step_batch_norm": True, "inner_steps": 0}, "per_step_batch_norm learns one copy of γ, β per inner step"),
 ])
 def test_omniglot_settings_are_checked_before_the_run_directory_exists(tmp_path, overrides, says):
     with pytest.raises(ValueError, match="Invalid OmniglotConfig") as err:

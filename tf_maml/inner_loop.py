@@ -187,17 +187,25 @@ def adapt(
     first_order: bool,
     on_step: Callable[[int, list[tf.Tensor]], None] | None = None,
     recompute: bool = False,
+    params_at_step: Callable[[int, list[tf.Tensor]], list[tf.Tensor]] | None = None,
 ) -> list[tf.Tensor]:
     """``steps`` gradient steps (unrolled at trace time, so the graph is static and differentiable).
 
     ``on_step(k, params)`` is called with the parameters after k steps for k = 0..steps, which lets
     evaluation read predictions after every step from one adaptation. ``learning_rates`` may be a function
     of the step index k = 0..steps−1 (per-step rates). ``recompute`` (second order only; first order keeps
-    no step intermediates anyway) uses :func:`recomputed_gradient_step`.
+    no step intermediates anyway) uses :func:`recomputed_gradient_step`. ``params_at_step(k, params)``
+    replaces non-adapted parameters that differ per step (MAML++'s per-step batch-norm weights) in the
+    parameters after k steps, before ``on_step`` and the next step see them; it is applied between steps,
+    so what it puts in is differentiated through the steps like any parameter, recomputed or not.
     """
     if steps < 0:
         raise ValueError(f"inner steps must be >= 0, got {steps}.")
-    params = list(params)
+
+    def at_step(k: int, ps: list[tf.Tensor]) -> list[tf.Tensor]:
+        return ps if params_at_step is None else list(params_at_step(k, ps))
+
+    params = at_step(0, list(params))
     if on_step is not None:
         on_step(0, params)
     for k in range(steps):
@@ -206,6 +214,7 @@ def adapt(
             params = recomputed_gradient_step(params, loss_fn, rates)
         else:
             params, _ = gradient_step(params, loss_fn, rates, first_order)
+        params = at_step(k + 1, params)
         if on_step is not None:
             on_step(k + 1, params)
     return params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import keras
@@ -50,6 +51,16 @@ class MAML(keras.Model):
             reasonable θ. Both orders are traced once and a ``tf.cond`` runs one per step, so tracing
             takes about twice as long, also in a run resumed past the switch. ``0`` (default) is off; no
             effect when ``first_order``.
+        per_step_batch_norm: MAML++'s per-step batch-norm weights (BNWB): batch norm's scale γ and offset β
+            are meta-learned once per number of inner steps taken instead of shared, and are not adapted
+            in the inner loop. The model's own γ, β serve θ (no step taken); each inner step k = 1..
+            ``inner_steps`` has a copy (``batch_norm_step_weights``, starting equal to them) used for every
+            forward pass with the parameters after k steps, the next support loss and the query
+            included; more steps (at evaluation) reuse the last copy. ``adapt`` and the exports carry the
+            copy of the steps taken. Batch statistics stay shared between steps. A weight used only in
+            support passes has no first-order meta-gradient: with first-order meta-gradients (``first_order``
+            or before ``first_order_until``) θ's own γ, β do not train, nor do the copies of steps before
+            the last unless ``multi_step_loss`` weighs their query losses.
         adapt_layers: names of the layers adapted in the inner loop (ANIL: only the head); the rest stay
             at θ. ``None`` adapts every trainable weight.
         batch_norm: ``"transductive"`` uses the statistics of the current batch everywhere, meta-test
@@ -74,6 +85,7 @@ class MAML(keras.Model):
         learn_inner_lr: bool | str = False,
         multi_step_loss: int = 0,
         first_order_until: int = 0,
+        per_step_batch_norm: bool = False,
         adapt_layers: Sequence[str] | None = None,
         batch_norm: str = "transductive",
         task_execution: str = "vectorized",
@@ -89,7 +101,8 @@ class MAML(keras.Model):
             raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}.")
         if task_execution not in TASK_EXECUTIONS:
             raise ValueError(f"task_execution must be one of {TASK_EXECUTIONS}, got {task_execution!r}.")
-        for name, flag in (("first_order", first_order), ("recompute_inner_loop", recompute_inner_loop)):
+        for name, flag in (("first_order", first_order), ("recompute_inner_loop", recompute_inner_loop),
+                           ("per_step_batch_norm", per_step_batch_norm)):
             check_value(name, bool(flag) if isinstance(flag, np.bool_) else flag, BOOLEAN)
         learn_inner_lr = _checked_learn_inner_lr(learn_inner_lr, inner_steps)
         check_value("multi_step_loss", multi_step_loss, integer(0))
@@ -108,7 +121,39 @@ class MAML(keras.Model):
         self.batch_norm = batch_norm
         self.task_execution = task_execution
         self.recompute_inner_loop = bool(recompute_inner_loop)
+        self.per_step_batch_norm = bool(per_step_batch_norm)
         self._adapted = _adapted_mask(model, self.adapt_layers)
+        # Per-step γ, β: one copy per inner step, stacked on a leading axis; the model's own γ, β are not
+        # adapted (MAML++ meta-learns them only).
+        self.batch_norm_step_weights = []
+        step_weights = _batch_norm_weights(model) if self.per_step_batch_norm else set()
+        if self.per_step_batch_norm:
+            _check_per_step_batch_norm(model, step_weights, self.inner_steps)
+        for i, var in enumerate(model.trainable_variables):
+            if id(var) not in step_weights:
+                self.batch_norm_step_weights.append(None)
+                continue
+            self._adapted[i] = False
+            self.batch_norm_step_weights.append(
+                self.add_weight(
+                    shape=(self.inner_steps, *var.shape),
+                    initializer=lambda shape, dtype, var=var: tf.tile(tf.convert_to_tensor(var.value)[None],
+                                                                      [shape[0]] + [1] * len(var.shape)),
+                    dtype=var.dtype,
+                    name=f"batch_norm_step_weights_{i}",
+                )
+            )
+        if self.per_step_batch_norm and self.first_order:
+            warnings.warn(
+                "per_step_batch_norm with first_order=True: the model's own batch-norm γ, β are used only in the "
+                "first support pass, which has no first-order meta-gradient, so they will not train (nor will the "
+                "copies of steps before the last, unless multi_step_loss weighs their query losses). Use second "
+                "order, or first_order_until to start with first order.",
+                stacklevel=2,
+            )
+        if not any(self._adapted):
+            raise ValueError("With per_step_batch_norm the batch-norm weights are not adapted, and adapt_layers "
+                             f"{self.adapt_layers} holds no other weights: nothing would adapt.")
         # Meta-SGD learns one rate per parameter element, LSLR one multiplier of α per inner step; a fixed
         # rate is a scalar.
         per_step = self.learn_inner_lr == "per_step"
@@ -236,7 +281,21 @@ class MAML(keras.Model):
 
         params = [v.value for v in self.model.trainable_variables]
         return inner_loop.adapt(params, support_loss, self._learning_rates(), steps, first_order, on_step,
-                                recompute=self.recompute_inner_loop)
+                                recompute=self.recompute_inner_loop, params_at_step=self._params_at_step())
+
+    def _params_at_step(self):
+        """With ``per_step_batch_norm``, the function that puts step k's γ, β into the parameters; else None."""
+        if not self.per_step_batch_norm:
+            return None
+        copies = {i: w.value for i, w in enumerate(self.batch_norm_step_weights) if w is not None}  # read once
+        last = self.inner_steps
+
+        def at_step(k: int, params: list) -> list:
+            if k == 0:
+                return params
+            return [copies[i][min(k, last) - 1] if i in copies else p for i, p in enumerate(params)]
+
+        return at_step
 
     def _query_predictions(self, sx, sy, qx, training, record_steps):
         """Query predictions after each number of inner steps in ``record_steps``, from one adaptation."""
@@ -623,6 +682,7 @@ class MAML(keras.Model):
             "learn_inner_lr": self.learn_inner_lr,
             "multi_step_loss": self.multi_step_loss,
             "first_order_until": self.first_order_until,
+            "per_step_batch_norm": self.per_step_batch_norm,
             "adapt_layers": self.adapt_layers,
             "batch_norm": self.batch_norm,
             "task_execution": self.task_execution,
@@ -795,6 +855,30 @@ def _adapted_mask(model: keras.Model, adapt_layers: Sequence[str] | None) -> lis
     if not any(mask):
         raise ValueError(f"adapt_layers {list(adapt_layers)} hold no trainable weights; nothing would adapt.")
     return mask
+
+
+def _batch_norm_weights(model: keras.Model) -> set[int]:
+    """The ids of the batch-norm layers' trainable γ and β."""
+    return {id(w) for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization) for w in layer.trainable_variables}
+
+
+def _check_per_step_batch_norm(model: keras.Model, weights: set[int], inner_steps: int) -> None:
+    if not weights:
+        raise ValueError(
+            f"per_step_batch_norm=True learns batch norm's γ and β per inner step, but model '{model.name}' has no "
+            "BatchNormalization layer with trainable scale or center. Add one, or leave per_step_batch_norm off."
+        )
+    problem = per_step_batch_norm_problem(True, inner_steps)
+    if problem:
+        raise ValueError(problem + ".")
+
+
+def per_step_batch_norm_problem(value, inner_steps) -> str | None:
+    """Why ``per_step_batch_norm`` cannot go with ``inner_steps`` (None: it can)."""
+    if value is True and inner_steps < 1:
+        return "per_step_batch_norm learns one copy of γ, β per inner step, so it needs inner_steps >= 1"
+    return None
 
 
 def has_batch_norm(model: keras.Model) -> bool:

@@ -164,6 +164,7 @@ def _maml_metadata(maml: MAML, steps: int, support_y_spec: tf.TensorSpec) -> dic
             "first_order_meta_training": maml.first_order,
             "first_order_until": maml.first_order_until,
             "multi_step_loss": maml.multi_step_loss,
+            "per_step_batch_norm": maml.per_step_batch_norm,
             "support_y": {"shape": support_y_spec.shape.as_list(), "dtype": support_y_spec.dtype.name},
             "signatures": {
                 "serving_default": f"{INPUTS} -> {PREDICTIONS} with the meta-learned θ (no adaptation)",

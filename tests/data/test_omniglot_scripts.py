@@ -38,9 +38,12 @@ def test_maml_plus_plus_settings_reach_the_meta_learner(tmp_path):
     assert (maml.learn_inner_lr, maml.multi_step_loss) == ("per_step", 500)
     assert all(lr.shape == (preset.inner_steps,) for lr in maml.inner_lrs)
     plain = omniglot.build_meta_learner(preset)
-    assert (plain.learn_inner_lr, plain.multi_step_loss) == (False, 0)
+    assert (plain.learn_inner_lr, plain.multi_step_loss, plain.per_step_batch_norm) == (False, 0, False)
+    per_step_bn = omniglot.build_meta_learner(dataclasses.replace(preset, per_step_batch_norm=True))
+    copies = [w for w in per_step_bn.batch_norm_step_weights if w is not None]
+    assert len(copies) == 8 and all(w.shape == (preset.inner_steps, 64) for w in copies)  # γ, β of 4 blocks
     legacy = dataclasses.asdict(preset)
-    for added in ("learn_inner_lr", "multi_step_loss", "first_order_until", "cosine_meta_lr"):
+    for added in ("learn_inner_lr", "multi_step_loss", "first_order_until", "cosine_meta_lr", "per_step_batch_norm"):
         del legacy[added]  # runs from before the settings existed
     (tmp_path / "config.json").write_text(json.dumps(legacy))
     assert omniglot.config_from_workdir(str(tmp_path)) == preset
@@ -107,13 +110,14 @@ def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
             "--steps-per-epoch", "50", "--split", "tfds", "--first-order", "--batch-norm", "running",
             "--offline", "--data-dir", str(tmp_path / "data"), "--eval-tasks", "7", "--graph-optimization", "off",
             "--learn-inner-lr", "per_step", "--multi-step-loss", "1000", "--first-order-until", "200",
-            "--cosine-meta-lr", "300"]
+            "--cosine-meta-lr", "300", "--per-step-bn"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(os.path.join(ROOT, "scripts", "train_omniglot.py"), run_name="__main__")
     c = seen["config"]
     assert (c.ways, c.shots, c.meta_steps, c.steps_per_epoch, c.split, c.first_order, c.batch_norm) == (
         20, 5, 300, 50, "tfds", True, "running")
-    assert (c.learn_inner_lr, c.multi_step_loss, c.first_order_until, c.cosine_meta_lr) == ("per_step", 1000, 200, 300)
+    assert (c.learn_inner_lr, c.multi_step_loss, c.first_order_until, c.cosine_meta_lr, c.per_step_batch_norm) == (
+        "per_step", 1000, 200, 300, True)
     assert seen["split"] == "tfds" and seen["args"].offline and seen["args"].data_dir == str(tmp_path / "data")
     assert seen["graph"] == "off" and seen["threads"] and seen["data"] == "DATA"
     assert json.loads((workdir / "eval.json").read_text()) == {"tasks": 7}

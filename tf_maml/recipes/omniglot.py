@@ -13,7 +13,8 @@ from tf_maml import training
 from tf_maml.callbacks import EpisodeImages
 from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omniglot_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
-from tf_maml.maml import BATCH_NORM_MODES, LEARN_INNER_LR, MAML, TASK_EXECUTIONS, learn_inner_lr_problem
+from tf_maml.maml import (BATCH_NORM_MODES, LEARN_INNER_LR, MAML, TASK_EXECUTIONS, learn_inner_lr_problem,
+                          per_step_batch_norm_problem)
 from tf_maml.models.convnets import omniglot_convnet
 from tf_maml.settings import BOOLEAN, Rule, check_settings, check_value, epochs_problem, integer, number, one_of, optional
 from tf_maml.training import fit_resumable, read_budget, restore_latest
@@ -48,6 +49,7 @@ class OmniglotConfig:
     multi_step_loss: int = 0  # MAML++'s multi-step loss, annealed over this many meta-steps (0: off)
     first_order_until: int = 0  # MAML++'s derivative-order annealing: first order for this many meta-steps
     cosine_meta_lr: int = 0  # MAML++'s cosine annealing: meta_lr to 1% of it over this many meta-steps (0: off)
+    per_step_batch_norm: bool = False  # MAML++'s per-step batch-norm weights; see MAML(per_step_batch_norm=...)
 
     RUN_KIND: ClassVar[str] = "an Omniglot run or export (scripts/train_omniglot.py)"
     RULES: ClassVar[dict[str, Rule]] = {
@@ -57,12 +59,14 @@ class OmniglotConfig:
         "first_order": BOOLEAN, "split": one_of(*SPLITS), "seed": integer(0), "validation_tasks": integer(1),
         "eval_tasks": integer(1), "task_execution": one_of(*TASK_EXECUTIONS), "batch_norm": one_of(*BATCH_NORM_MODES),
         "learn_inner_lr": LEARN_INNER_LR, "multi_step_loss": integer(0),
-        "first_order_until": integer(0), "cosine_meta_lr": integer(0),
+        "first_order_until": integer(0), "cosine_meta_lr": integer(0), "per_step_batch_norm": BOOLEAN,
     }
 
     def __post_init__(self) -> None:
         check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch),
-                                               learn_inner_lr_problem(self.learn_inner_lr, self.inner_steps)])
+                                               learn_inner_lr_problem(self.learn_inner_lr, self.inner_steps),
+                                               per_step_batch_norm_problem(self.per_step_batch_norm,
+                                                                           self.inner_steps)])
 
     @property
     def name(self) -> str:
@@ -104,7 +108,7 @@ def build_meta_learner(config: OmniglotConfig) -> MAML:
                 eval_inner_steps=config.eval_inner_steps, first_order=config.first_order,
                 task_execution=config.task_execution, batch_norm=config.batch_norm,
                 learn_inner_lr=config.learn_inner_lr, multi_step_loss=config.multi_step_loss,
-                first_order_until=config.first_order_until)
+                first_order_until=config.first_order_until, per_step_batch_norm=config.per_step_batch_norm)
     maml.compile(optimizer=keras.optimizers.Adam(meta_learning_rate(config)),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
