@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How long episodes last under Gaussian action noise, and why they end (MuJoCo task families).
 
-Usage: python benchmarks/bench_episode_lengths.py [--envs tf_maml/AntVel-v0 ...] [--stds 1.0 0.5 0.3]
+Usage: python benchmarks/bench_episode_lengths.py [--envs tf_maml/AntVel-v1 ...] [--stds 1.0 0.5 0.3]
                                                   [--episodes 10] [--quick] [--json PATH]
 
 A meta-policy starts with std 1 (log-std 0) around a near-zero mean, so clipped N(0, σ²) actions show what
@@ -60,7 +60,7 @@ def measure(env_id: str, std: float, episodes: int, seed: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--envs", nargs="+", default=["tf_maml/AntVel-v0", "tf_maml/AntDir-v0"])
+    p.add_argument("--envs", nargs="+", default=["tf_maml/AntVel-v0", "tf_maml/AntVel-v1"])
     p.add_argument("--stds", type=float, nargs="+", default=[1.0, 0.5, 0.3])
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)

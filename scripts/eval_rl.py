@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fast-lr", type=rate, help="first adaptation step's rate (default: the run's fast_lr)")
     p.add_argument("--later-lr", type=rate,
                    help="rate of steps 2.. (default: half the first, as in the paper's evaluation code)")
+    p.add_argument("--pretrained-fast-lr", type=rate,
+                   help="the pretrained policy's first rate (default: --fast-lr's); the paper's evaluation code "
+                        "tuned the baselines' own, e.g. 0.02 for HalfCheetah velocity, 0.2 for direction")
+    p.add_argument("--random-fast-lr", type=rate,
+                   help="the random initialisation's first rate (default: --fast-lr's; the paper's code: 0.1 for "
+                        "HalfCheetah velocity, 1.0 for Ant direction); each baseline's later steps take half its own")
     p.add_argument("--seed", type=int, default=1234, help="held-out task seed (training uses derived seeds)")
     p.add_argument("--vector-env", choices=["sync", "async"],
                    help="run the envs in this process or one subprocess each, as train_rl.py's flag: a speed choice "
@@ -82,11 +88,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     results: dict = {"env_id": cfg.env_id, "tasks": args.tasks, "n_traj": args.n_traj, "fast_lr": fast_lr,
                      "later_lr": later_lr, "seed": args.seed, "iteration": int(learner.iteration.numpy())}
+    own_rate = {"pretrained": args.pretrained_fast_lr, "random": args.random_fast_lr}
     for name, params in policies.items():
-        per_task = adaptation_returns(learner.model, params, sampler, tasks, args.n_traj, fast_lr, args.steps,
-                                      seed=args.seed, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, later_lr=later_lr)
+        first = fast_lr if own_rate.get(name) is None else own_rate[name]
+        later = later_lr if own_rate.get(name) is None else first / 2
+        per_task = adaptation_returns(learner.model, params, sampler, tasks, args.n_traj, first, args.steps,
+                                      seed=args.seed, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, later_lr=later)
         mean, ci = mean_ci95(per_task)
-        results[name] = {"returns": [float(x) for x in mean], "ci95": [float(x) for x in ci]}
+        results[name] = {"returns": [float(x) for x in mean], "ci95": [float(x) for x in ci], "fast_lr": first,
+                         "later_lr": later}
         print(f"{name:>10}: " + "  ".join(f"{m:8.2f} ± {c:5.2f}" for m, c in zip(mean, ci)), flush=True)
     results["returns"] = results["maml"]["returns"]
     results["ci95"] = results["maml"]["ci95"]

@@ -103,7 +103,7 @@ def test_cheetah_reward_by_hand(env_id):
     assert r == pytest.approx(expected, rel=1e-6, abs=1e-6)
 
 
-@pytest.mark.parametrize("env_id", ["tf_maml/AntVel-v0", "tf_maml/AntDir-v0"])
+@pytest.mark.parametrize("env_id", ["tf_maml/AntVel-v0", "tf_maml/AntDir-v0", "tf_maml/AntVel-v1", "tf_maml/AntDir-v1"])
 def test_ant_reward_by_hand(env_id):
     env = gym.make(env_id)
     task = env.unwrapped.sample_tasks(1, seed=2)[0]
@@ -121,6 +121,26 @@ def test_ant_reward_by_hand(env_id):
     expected = forward + 0.05 * healthy - 0.005 * np.sum(np.square(a)) - contact
     assert r == pytest.approx(expected, rel=1e-6, abs=1e-6)
     assert term == (healthy == 0.0)
+
+
+def test_ant_v1_steps_every_0_02_s_and_its_episodes_outlast_v0s_under_the_initial_noise():
+    """rllab's Ant control step; under gymnasium's 0.05 s the torso leaves the healthy range within ~50 steps."""
+    mean_length = {}
+    for env_id in ("tf_maml/AntDir-v0", "tf_maml/AntDir-v1"):
+        env = gym.make(env_id)
+        rng = np.random.default_rng(0)
+        lengths = []
+        for episode in range(4):
+            env.reset(seed=episode, options={"task": {"direction": 1}})
+            for t in range(200):
+                _, _, terminated, truncated, _ = env.step(np.clip(rng.normal(0, 1, 8), -1, 1).astype(np.float32))
+                if terminated or truncated:
+                    break
+            lengths.append(t + 1)
+        mean_length[env_id] = np.mean(lengths)
+    assert gym.make("tf_maml/AntDir-v1").unwrapped.dt == pytest.approx(0.02)
+    assert gym.make("tf_maml/AntDir-v0").unwrapped.dt == pytest.approx(0.05)
+    assert mean_length["tf_maml/AntDir-v1"] > 150 > 2 * mean_length["tf_maml/AntDir-v0"], mean_length
 
 
 def test_parse_task_canonicalises_or_says_what_a_task_looks_like():

@@ -179,6 +179,16 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     again = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--steps", "1", "--no-random",
                           "--vector-env", "async"])
     np.testing.assert_allclose(again["returns"], results["returns"], rtol=1e-6)
+    # A baseline adapts at its own rate when given one (the paper's code tuned them): the pretrained run then
+    # evaluates as it would on its own at that rate.
+    tuned = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "pretrained"),
+                          "--pretrained-fast-lr", "0.05", "--tasks", "2", "--steps", "1", "--no-random"])
+    alone = eval_rl.main(["--logdir", str(tmp_path / "pretrained"), "--fast-lr", "0.05", "--tasks", "2", "--steps", "1",
+                          "--no-random"])
+    assert (tuned["pretrained"]["fast_lr"], tuned["pretrained"]["later_lr"], tuned["maml"]["fast_lr"]) == (0.05, 0.025, 0.5)
+    np.testing.assert_allclose(tuned["pretrained"]["returns"], alone["returns"], rtol=1e-6)
+    np.testing.assert_allclose(tuned["maml"]["returns"], results["returns"], rtol=1e-6)
+    assert not np.allclose(tuned["pretrained"]["returns"][1], results["pretrained"]["returns"][1])
     with pytest.raises(SystemExit):
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "other"),
                       "--tasks", "2", "--steps", "1", "--no-random"])

@@ -16,8 +16,8 @@ PRESETS: dict[str, MAMLTRPOConfig] = {
     "halfcheetah-dir": MAMLTRPOConfig(
         env_id="tf_maml/HalfCheetahDir-v0", meta_batch_size=40, n_traj=20, fast_lr=0.1, num_envs=20
     ),
-    "ant-vel": MAMLTRPOConfig(env_id="tf_maml/AntVel-v0", meta_batch_size=40, n_traj=20, fast_lr=0.1, num_envs=20),
-    "ant-dir": MAMLTRPOConfig(env_id="tf_maml/AntDir-v0", meta_batch_size=40, n_traj=20, fast_lr=0.1, num_envs=20),
+    "ant-vel": MAMLTRPOConfig(env_id="tf_maml/AntVel-v1", meta_batch_size=40, n_traj=20, fast_lr=0.1, num_envs=20),
+    "ant-dir": MAMLTRPOConfig(env_id="tf_maml/AntDir-v1", meta_batch_size=40, n_traj=20, fast_lr=0.1, num_envs=20),
 }
 
 

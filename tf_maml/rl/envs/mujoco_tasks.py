@@ -5,9 +5,11 @@ The physics and observations are gymnasium's; the reward weights are the MAML re
 direction), which is what makes these meta-learning problems. What differs from the paper's rllab
 environments, and so from its returns: gymnasium steps the simulation every 0.05 s (``frame_skip`` 5, as
 learn2learn and ProMP do) where rllab stepped every 0.01 s (cheetah) and 0.02 s (Ant), so the 200 steps of
-an episode span 10 s rather than 2-4 s; rllab's observations add the centre of mass (and the Ant's rotation
-matrix); gymnasium's reset noise is uniform ±0.1 where rllab's was N(0, 0.01). ``frame_skip`` can be passed
-to ``gym.make`` to change the step.
+an episode span 10 s rather than 2-4 s; the Ant's v1 ids (``tf_maml/AntVel-v1``, ``AntDir-v1``) take rllab's
+0.02 s (``frame_skip`` 2), under which the initial policy's episodes mostly run to the horizon instead of
+ending within ~50 steps. rllab's observations add the centre of mass (and the Ant's rotation matrix);
+gymnasium's reset noise is uniform ±0.1 where rllab's was N(0, 0.01). ``frame_skip`` can be passed to
+``gym.make`` to change the step.
 """
 
 from __future__ import annotations
