@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How long episodes last under Gaussian action noise, and why they end (MuJoCo task families).
 
-Usage: python benchmarks/bench_episode_lengths.py [--envs tf_maml/AntVel-v1 ...] [--stds 1.0 0.5 0.3]
+Usage: python benchmarks/bench_episode_lengths.py [--envs tf_maml/AntVel-v0 tf_maml/AntVel-v1 ...] [--stds 1.0 0.5 0.3]
                                                   [--episodes 10] [--quick] [--json PATH]
 
 A meta-policy starts with std 1 (log-std 0) around a near-zero mean, so clipped N(0, σ²) actions show what

@@ -182,13 +182,22 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     # A baseline adapts at its own rate when given one (the paper's code tuned them): the pretrained run then
     # evaluates as it would on its own at that rate.
     tuned = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "pretrained"),
-                          "--pretrained-fast-lr", "0.05", "--tasks", "2", "--steps", "1", "--no-random"])
-    alone = eval_rl.main(["--logdir", str(tmp_path / "pretrained"), "--fast-lr", "0.05", "--tasks", "2", "--steps", "1",
+                          "--pretrained-fast-lr", "0.05", "--later-ratio", "0.1", "--tasks", "2", "--steps", "2",
                           "--no-random"])
-    assert (tuned["pretrained"]["fast_lr"], tuned["pretrained"]["later_lr"], tuned["maml"]["fast_lr"]) == (0.05, 0.025, 0.5)
+    alone = eval_rl.main(["--logdir", str(tmp_path / "pretrained"), "--fast-lr", "0.05", "--later-lr", "0.005",
+                          "--tasks", "2", "--steps", "2", "--no-random"])
+    assert (tuned["pretrained"]["fast_lr"], tuned["pretrained"]["later_lr"]) == pytest.approx((0.05, 0.005))
+    assert (tuned["maml"]["fast_lr"], tuned["maml"]["later_lr"]) == pytest.approx((0.5, 0.05))
     np.testing.assert_allclose(tuned["pretrained"]["returns"], alone["returns"], rtol=1e-6)
-    np.testing.assert_allclose(tuned["maml"]["returns"], results["returns"], rtol=1e-6)
+    np.testing.assert_allclose(tuned["maml"]["returns"][:2], results["returns"], rtol=1e-6)
     assert not np.allclose(tuned["pretrained"]["returns"][1], results["pretrained"]["returns"][1])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-fast-lr", "0.1"])
+    assert "pass --pretrained-logdir too" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_rl.main(["--logdir", str(tmp_path / "maml"), "--random-fast-lr", "0.1", "--no-random"])
+    assert "which --no-random leaves out" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "other"),
                       "--tasks", "2", "--steps", "1", "--no-random"])
@@ -276,3 +285,15 @@ def test_natural_gradient_takes_the_old_policy_from_its_own_forward_pass():
     for got, expected in zip(compiled[2:], want):
         assert float(tf.norm(got - expected)) <= 1e-3 * float(tf.norm(expected)) + 1e-7
     learner.close()
+
+
+def test_a_run_keeps_the_env_version_it_was_made_with(tmp_path):
+    """The Ant presets moved to v1: a run made on v0 still resumes from the same command, on v0."""
+    made = preset("ant-dir", env_id="tf_maml/AntDir-v0", meta_batch_size=2, n_traj=2, num_envs=2)
+    (tmp_path / "config.json").write_text(made.to_json())
+    asked = {"env_id": preset("ant-dir").env_id, "meta_batch_size": 2}
+    learner = MAMLTRPO.for_run(preset("ant-dir", meta_batch_size=2, n_traj=2, num_envs=2), str(tmp_path), asked)
+    assert learner.config.env_id == "tf_maml/AntDir-v0" and learner.config == made
+    learner.close()
+    with pytest.raises(ValueError, match="env_id: asked 'tf_maml/HalfCheetahDir-v0', run has 'tf_maml/AntDir-v0'"):
+        MAMLTRPO.for_run(preset("halfcheetah-dir"), str(tmp_path), {"env_id": "tf_maml/HalfCheetahDir-v0"})

@@ -25,6 +25,7 @@ import tensorflow as tf
 from tf_maml import training
 from tf_maml.inner_loop import adapt
 from tf_maml.rl.advantages import task_advantages
+from tf_maml.rl.envs import env_family
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
 from tf_maml.rl.sampler import Sampler, TrajectoryBatch
 from tf_maml.rl.trpo import backtracking_line_search, flatten, natural_gradient, unflatten
@@ -178,15 +179,18 @@ class MAMLTRPO:
     @classmethod
     def for_run(cls, config: MAMLTRPOConfig, logdir: str, asked: dict, progress: bool = False) -> "MAMLTRPO":
         """A new run of ``config`` in ``logdir``, or the run already there with its own settings, which must
-        agree with the ``asked`` ones (ValueError saying which differ, before anything is touched). The
-        vector-env kind (``asynchronous``) changes speed, not episodes, so a resume may ask for another one
+        agree with the ``asked`` ones (ValueError saying which differ, before anything is touched); an env id
+        of the run's family but another version counts as agreeing, the run keeping its own. The vector-env kind (``asynchronous``) changes speed, not episodes, so a resume may ask for another one
         (else it keeps the run's own)."""
         config_path = os.path.join(logdir, "config.json")
         if not os.path.exists(config_path):
             return cls(config, logdir, progress=progress)
         with open(config_path) as f:
             saved = MAMLTRPOConfig.from_json(f.read(), source=config_path)
-        check_resume_settings(saved, {k: v for k, v in asked.items() if k != "asynchronous"}, logdir)
+        asked = {k: v for k, v in asked.items() if k != "asynchronous"}
+        if "env_id" in asked and env_family(asked["env_id"]) == env_family(saved.env_id):
+            del asked["env_id"]  # a run keeps the env version it was made with (presets move to newer ones)
+        check_resume_settings(saved, asked, logdir)
         vector_env = asked.get("asynchronous", saved.asynchronous)
         return cls(dataclasses.replace(saved, asynchronous=vector_env), logdir, progress=progress)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -34,10 +36,19 @@ def register_envs() -> None:
                          kwargs=ENV_KWARGS.get(env_id, {}))
 
 
+def env_family(env_id: str) -> str:
+    """The id without its version (``tf_maml/AntDir-v1`` → ``tf_maml/AntDir``)."""
+    return re.sub(r"-v\d+$", "", env_id)
+
+
 def make_env(env_id: str, **kwargs) -> gym.Env:
     """Picklable env factory for vector-env workers (registers first, since a spawned worker starts bare)."""
     register_envs()
-    return gym.make(env_id, **kwargs)
+    with warnings.catch_warnings():
+        # gymnasium calls a version with a newer one "out of date"; v0 is kept on purpose, for the runs made with it.
+        warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading",
+                                category=DeprecationWarning)
+        return gym.make(env_id, **kwargs)
 
 
 def make_policy_env(env_id: str, **kwargs) -> gym.Env:
@@ -78,4 +89,4 @@ def parse_task(env_id: str, task: str | dict) -> dict:
         env.close()
 
 
-__all__ = ["ENV_IDS", "ENV_KWARGS", "register_envs", "make_env", "make_policy_env", "parse_task"]
+__all__ = ["ENV_IDS", "ENV_KWARGS", "env_family", "register_envs", "make_env", "make_policy_env", "parse_task"]
