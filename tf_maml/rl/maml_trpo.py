@@ -180,17 +180,18 @@ class MAMLTRPO:
     def for_run(cls, config: MAMLTRPOConfig, logdir: str, asked: dict, progress: bool = False) -> "MAMLTRPO":
         """A new run of ``config`` in ``logdir``, or the run already there with its own settings, which must
         agree with the ``asked`` ones (ValueError saying which differ, before anything is touched); an env id
-        of the run's family but another version counts as agreeing, the run keeping its own. The vector-env kind (``asynchronous``) changes speed, not episodes, so a resume may ask for another one
-        (else it keeps the run's own)."""
+        of the run's family but another version counts as agreeing, the run keeping its own. The vector-env
+        kind (``asynchronous``) changes speed, not episodes, so a resume may ask for another one (else it
+        keeps the run's own)."""
         config_path = os.path.join(logdir, "config.json")
         if not os.path.exists(config_path):
             return cls(config, logdir, progress=progress)
         with open(config_path) as f:
             saved = MAMLTRPOConfig.from_json(f.read(), source=config_path)
-        asked = {k: v for k, v in asked.items() if k != "asynchronous"}
-        if "env_id" in asked and env_family(asked["env_id"]) == env_family(saved.env_id):
-            del asked["env_id"]  # a run keeps the env version it was made with (presets move to newer ones)
-        check_resume_settings(saved, asked, logdir)
+        settings = {k: v for k, v in asked.items() if k != "asynchronous"}
+        if "env_id" in settings and env_family(settings["env_id"]) == env_family(saved.env_id):
+            del settings["env_id"]  # a run keeps the env version it was made with (presets move to newer ones)
+        check_resume_settings(saved, settings, logdir)
         vector_env = asked.get("asynchronous", saved.asynchronous)
         return cls(dataclasses.replace(saved, asynchronous=vector_env), logdir, progress=progress)
 
