@@ -37,6 +37,10 @@ def main() -> None:
     parser.add_argument("--cosine-meta-lr", type=flag_type(integer(0)), metavar="META_STEPS",
                         help="MAML++'s cosine annealing of the meta learning rate to 1%% of it over this many "
                              "meta-steps (default 0: constant)")
+    parser.add_argument("--init-from", metavar="EXPORT",
+                        help="continue the run an exported meta-learner came from (e.g. saved_models/"
+                             "omniglot_20way1shot): its settings, weights, optimizer state and budget start the new "
+                             "--workdir, and --meta-steps is the new total")
     parser.add_argument("--per-step-bn", action="store_true",
                         help="MAML++'s per-step batch-norm weights: batch norm's scale and offset learned once per "
                              "inner step, not adapted in the inner loop")
@@ -65,11 +69,11 @@ def main() -> None:
     if args.per_step_bn:
         overrides["per_step_batch_norm"] = True
     try:
-        config, workdir = omniglot.config_for_run(args.preset, overrides, args.workdir)
-    except ValueError as err:
+        config, workdir = omniglot.config_for_run(args.preset, overrides, args.workdir, init_from=args.init_from)
+    except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     data = omniglot.load_classes(args, config.split)
-    maml = omniglot.train(config, workdir, data=data, verbose=args.verbose)
+    maml = omniglot.train(config, workdir, data=data, verbose=args.verbose, init_from=args.init_from)
     eval_tasks = args.eval_tasks if args.eval_tasks is not None else config.eval_tasks
     results = omniglot.evaluate(maml, config, data, eval_tasks, seed=config.seed)
     with open(os.path.join(workdir, "eval.json"), "w") as f:

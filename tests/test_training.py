@@ -1,13 +1,16 @@
-"""An interrupted run that resumes ends exactly where an uninterrupted one does."""
+"""An interrupted run that resumes ends exactly where an uninterrupted one does, also from an export."""
+
+import json
+import os
 
 import keras
 import numpy as np
 import pytest
 
-from tf_maml import MAML
+from tf_maml import MAML, serving
 from tf_maml.data.sinusoid import sinusoid_episodes
 from tf_maml.models.mlp import sinusoid_mlp
-from tf_maml.training import fit_resumable, read_budget
+from tf_maml.training import fit_resumable, read_budget, start_from_export
 
 
 def fresh():
@@ -47,3 +50,72 @@ def test_resume_with_other_epoch_length_says_how_to_fix(tmp_path):
     with pytest.raises(ValueError, match=r"meta-step 10, not a multiple of steps_per_epoch \(4\).*config.json"):
         fit_resumable(fresh(), make_dataset, 40, 4, str(tmp_path), verbose=0)
     assert read_budget(str(tmp_path / "budget.json"))["meta_steps"] == 10  # nothing already saved is lost
+
+
+def test_a_run_continued_from_its_export_ends_where_the_uninterrupted_run_does(tmp_path):
+    """Run directories stay on their machine; the export travels. Continuing it is exact: weights, Adam's
+    state and the step come from the export, and the step-indexed episode stream goes on where it stopped."""
+    straight = fresh()
+    fit_resumable(straight, make_dataset, 40, 10, str(tmp_path / "straight"), verbose=0)
+    first = fresh()
+    fit_resumable(first, make_dataset, 20, 10, str(tmp_path / "first"), verbose=0)
+    export = serving.export_meta_learner(first, str(tmp_path / "models"), "sinusoid",
+                                         metadata={"training": read_budget(str(tmp_path / "first" / "budget.json"))})
+
+    workdir = str(tmp_path / "elsewhere")
+    continued = fresh()
+    assert start_from_export(continued, export, workdir) == 20
+    budget = read_budget(os.path.join(workdir, "budget.json"))
+    assert budget["meta_steps"] == 20 and budget["sessions"] == 1 and budget["wall_seconds"] > 0
+    assert budget["initialised_from"] == serving.source_path(export)
+    history = fit_resumable(continued, make_dataset, 40, 10, workdir, verbose=0)
+    assert history.epoch == [2, 3] and int(continued.optimizer.iterations) == 40
+    for a, b in zip(continued.weights, straight.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert read_budget(os.path.join(workdir, "budget.json"))["sessions"] == 2
+
+    rerun = fresh()  # the same command again resumes the new run's own checkpoint
+    assert start_from_export(rerun, os.path.dirname(export), workdir) == 40
+    np.testing.assert_allclose(np.asarray(rerun.weights[0]), np.asarray(straight.weights[0]), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="trained from scratch.*drop --init-from"):
+        start_from_export(fresh(), export, str(tmp_path / "first"))
+
+
+def test_continuing_an_export_into_another_architecture_is_refused_and_writes_nothing(tmp_path):
+    maml = fresh()
+    fit_resumable(maml, make_dataset, 10, 10, str(tmp_path / "run"), verbose=0)
+    export = serving.export_meta_learner(maml, str(tmp_path / "models"), "sinusoid")
+    other = MAML(sinusoid_mlp(hidden=(20,), seed=0), inner_lr=0.01, learn_inner_lr=True)
+    other.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    with pytest.raises(ValueError, match="another shape.*export's settings"):
+        start_from_export(other, export, str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_shipped_20_way_model_continues_with_its_own_settings_and_state(tmp_path):
+    """``train_omniglot.py --init-from saved_models/omniglot_20way1shot``: the export's config, refused flags,
+    and its weights, Adam state and step in the new run's first checkpoint."""
+    from tf_maml.recipes import omniglot
+
+    export = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models",
+                          "omniglot_20way1shot")
+    shipped = serving.read_metadata(export)
+    workdir = str(tmp_path / "run")
+    config, _ = omniglot.config_for_run("20way1shot", {"meta_steps": 30_000}, workdir, init_from=export)
+    assert config.meta_steps == 30_000
+    assert {k: v for k, v in vars(config).items() if k != "meta_steps"} == {
+        k: v for k, v in shipped["config"].items() if k != "meta_steps"}
+    with pytest.raises(ValueError, match="ways: asked 5, run has 20"):
+        omniglot.config_for_run("5way1shot", {}, workdir, init_from=export)
+    with pytest.raises(ValueError, match="batch_norm: asked 'running', run has 'transductive'"):
+        omniglot.config_for_run("20way1shot", {"batch_norm": "running"}, workdir, init_from=export)
+
+    maml = omniglot.build_meta_learner(config)
+    assert start_from_export(maml, export, workdir) == shipped["meta_steps_trained"]
+    reference = serving.load(export)
+    for a, b in zip(maml.weights + maml.optimizer.variables, reference.weights + reference.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with open(os.path.join(workdir, "budget.json")) as f:
+        budget = json.load(f)
+    assert budget["meta_steps"] == shipped["meta_steps_trained"]
+    assert budget["wall_seconds"] == shipped["training"]["wall_seconds"]

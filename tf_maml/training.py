@@ -20,6 +20,7 @@ from tf_maml.settings import InvalidSettings, check_value, epochs_problem, integ
 
 Config = TypeVar("Config")
 CONFIG_FILE = "config.json"
+EMPTY_BUDGET = {"meta_steps": 0, "wall_seconds": 0.0, "sessions": 0}
 
 
 def check_resume_settings(saved: object, asked: dict, where: str, flag_hint: str = "setting flags") -> None:
@@ -82,18 +83,26 @@ def load_config(config_type: type[Config], workdir: str) -> Config:
         return config_from_dict(config_type, json.load(f), path)
 
 
-def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequence[str] = ()) -> Config:
+def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequence[str] = (),
+                   init_from: str | None = None) -> Config:
     """The settings to train ``workdir`` with: ``config`` (a preset with ``overrides`` applied) for a new run;
-    for an existing run its own saved settings, so rerunning the same command resumes it exactly.
+    for an existing run its own saved settings, so rerunning the same command resumes it exactly; for a new run
+    continuing an export (``init_from``, see :func:`start_from_export`), the settings of the run it was exported from.
 
     Only ``meta_steps`` may change on resume (to extend a run); an override, or a preset field named in
     ``identity``, that disagrees with the saved run is refused by :func:`check_resume_settings`.
     """
-    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+        saved, where = load_config(type(config), workdir), workdir
+    elif init_from is not None:
+        from tf_maml.serving import read_metadata
+
+        where = f"{init_from} (the export --init-from continues)"
+        saved = config_from_dict(type(config), read_metadata(init_from).get("config"), f"the metadata of {init_from}")
+    else:
         return config
-    saved = load_config(type(config), workdir)
     asked = {**{k: getattr(config, k) for k in identity}, **{k: v for k, v in overrides.items() if k != "meta_steps"}}
-    check_resume_settings(saved, asked, workdir, flag_hint="flags other than --meta-steps")
+    check_resume_settings(saved, asked, where, flag_hint="flags other than --meta-steps")
     return dataclasses.replace(saved, meta_steps=overrides.get("meta_steps", saved.meta_steps))
 
 
@@ -129,7 +138,7 @@ class _RecordBudget(keras.callbacks.Callback):
 
 def read_budget(path: str) -> dict:
     """The training budget recorded at ``path`` (zeros when there is none yet)."""
-    budget = {"meta_steps": 0, "wall_seconds": 0.0, "sessions": 0}
+    budget = dict(EMPTY_BUDGET)
     if os.path.exists(path):
         with open(path) as f:
             budget.update(json.load(f))
@@ -151,6 +160,55 @@ def restore_latest(maml: MAML, directory: str) -> int:
     if manager.latest_checkpoint:
         manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     return maml.meta_steps_done()
+
+
+def start_from_export(maml: MAML, export: str, workdir: str) -> int:
+    """Begin the run in ``workdir`` where the training of an exported meta-learner stopped; return its meta-step.
+
+    Run directories stay on the machine that trained them; what travels is the export (``saved_models/``), and its
+    meta-learner carries the weights and the optimizer's state and step. Written here as the run's first
+    checkpoint, with the export's training budget, they let :func:`fit_resumable` go on as after any interruption:
+    the episode stream is indexed by step, so the batches are those the original run would have seen next. Build
+    ``maml`` with the export's settings (:func:`config_for_run` with ``init_from``). A rerun of the same command
+    resumes from the run's own checkpoints; a run that did not start from this export is refused.
+    """
+    from tf_maml.serving import load, read_metadata, resolve_version_dir, source_path
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    budget_path = os.path.join(workdir, "budget.json")
+    source = source_path(resolve_version_dir(export))
+    if tf.train.latest_checkpoint(ckpt_dir):
+        began = read_budget(budget_path).get("initialised_from")
+        if began != source:
+            raise ValueError(f"{workdir} already holds a run ({'started from ' + began if began else 'trained from scratch'}), "
+                             f"not one continuing {source}: drop --init-from to resume it, or continue the export in "
+                             "a new --workdir.")
+        return restore_latest(maml, ckpt_dir)
+    exported = load(export)
+    ours, theirs = [tuple(v.shape) for v in maml.weights], [tuple(v.shape) for v in exported.weights]
+    if ours != theirs:
+        raise ValueError(f"{export} holds a meta-learner of another shape ({len(theirs)} weights {theirs[:3]}..., "
+                         f"this run builds {len(ours)}, {ours[:3]}...): build the run with the export's settings "
+                         "(its metadata's config).")
+    for mine, saved in zip(maml.weights, exported.weights):
+        mine.assign(saved)
+    manager = checkpoint_manager(maml, ckpt_dir)  # builds the optimizer's slots
+    if exported.optimizer is not None and exported.optimizer.built:
+        ours = [tuple(v.shape) for v in maml.optimizer.variables]
+        if ours != [tuple(v.shape) for v in exported.optimizer.variables]:
+            raise ValueError(f"The optimizer state in {export} does not fit this run's optimizer "
+                             f"({type(exported.optimizer).__name__} there, {type(maml.optimizer).__name__} here).")
+        for mine, saved in zip(maml.optimizer.variables, exported.optimizer.variables):
+            mine.assign(saved)
+    step = maml.meta_steps_done()
+    spent = read_metadata(export).get("training") or {}
+    budget = {**EMPTY_BUDGET, **{k: spent[k] for k in EMPTY_BUDGET if k in spent}, "meta_steps": step,
+              "initialised_from": source}
+    os.makedirs(workdir, exist_ok=True)
+    with open(budget_path, "w") as f:
+        json.dump(budget, f, indent=2)
+    manager.save(checkpoint_number=step)
+    return step
 
 
 def fit_resumable(

@@ -98,9 +98,9 @@ def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(performance, "run_tasks_in_parallel", lambda: seen.setdefault("threads", True))
     monkeypatch.setattr(omniglot, "load_classes", lambda args, split: seen.update(split=split, args=args) or "DATA")
 
-    def fake_train(config, workdir, data, verbose):
+    def fake_train(config, workdir, data, verbose, init_from):
         omniglot.training.save_config(config, workdir)
-        seen.update(config=config, workdir=workdir, data=data)
+        seen.update(config=config, workdir=workdir, data=data, init_from=init_from)
         return "MAML"
 
     monkeypatch.setattr(omniglot, "train", fake_train)
@@ -119,7 +119,7 @@ def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
     assert (c.learn_inner_lr, c.multi_step_loss, c.first_order_until, c.cosine_meta_lr, c.per_step_batch_norm) == (
         "per_step", 1000, 200, 300, True)
     assert seen["split"] == "tfds" and seen["args"].offline and seen["args"].data_dir == str(tmp_path / "data")
-    assert seen["graph"] == "off" and seen["threads"] and seen["data"] == "DATA"
+    assert seen["graph"] == "off" and seen["threads"] and seen["data"] == "DATA" and seen["init_from"] is None
     assert json.loads((workdir / "eval.json").read_text()) == {"tasks": 7}
 
     seen.clear()

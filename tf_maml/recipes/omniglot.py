@@ -81,12 +81,15 @@ PRESETS = {
 }
 
 
-def config_for_run(preset: str, overrides: dict, workdir: str | None = None) -> tuple[OmniglotConfig, str]:
+def config_for_run(preset: str, overrides: dict, workdir: str | None = None,
+                   init_from: str | None = None) -> tuple[OmniglotConfig, str]:
     """The settings of a training run and its directory (default ``runs/<name>``); an existing run keeps
-    its own settings (see :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused."""
+    its own settings, a run continuing an export (``init_from``) takes the export's (see
+    :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused."""
     config = dataclasses.replace(PRESETS[preset], **overrides)
     workdir = workdir or os.path.join("runs", config.name)
-    return training.config_for_run(config, overrides, workdir, identity=("ways", "shots")), workdir
+    config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from)
+    return config, workdir
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,11 +133,14 @@ def episodes(config: OmniglotConfig, split, seed: int, start_step: int = 0, meta
 
 
 def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = None, verbose: int | str = "auto",
-          data_dir: str | None = None) -> MAML:
-    """Meta-train (resuming from ``workdir`` if it has checkpoints), validating every epoch."""
-    os.makedirs(workdir, exist_ok=True)
+          data_dir: str | None = None, init_from: str | None = None) -> MAML:
+    """Meta-train (resuming from ``workdir`` if it has checkpoints, or continuing the exported meta-learner
+    ``init_from``: see :func:`tf_maml.training.start_from_export`), validating every epoch."""
     data = data or load_omniglot_classes(config.split, data_dir=data_dir, validation=True)
     maml = build_meta_learner(config)
+    if init_from is not None:
+        training.start_from_export(maml, init_from, workdir)
+    os.makedirs(workdir, exist_ok=True)
     training.save_config(config, workdir)
     train_data = lambda start: episodes(config, data.meta_train, config.seed, start)  # noqa: E731
     val_batch = config.validation_tasks // config.meta_batch or 1
