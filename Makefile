@@ -25,5 +25,6 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=12 tests
 
+# Training runs (runs/) are kept: they hold the only copy of long runs' checkpoints.
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV)

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--later-ratio", type=rate, default=0.5,
                    help="rate of steps 2.. as a fraction of each policy's first rate (default 0.5, the paper's "
                         "evaluation code; its Ant direction script: 0.01)")
-    p.add_argument("--later-lr", type=rate, help="the MAML policy's rate of steps 2.. (default: --later-ratio × its first)")
+    p.add_argument("--later-lr", type=rate, help="rate of steps 2.. for the MAML policy, and for a baseline without "
+                                                 "its own --*-fast-lr (default: --later-ratio × each policy's first)")
     p.add_argument("--pretrained-fast-lr", type=rate,
                    help="the pretrained policy's first rate (default: --fast-lr's); the paper's evaluation code "
                         "tuned the baselines' own, e.g. 0.02 for HalfCheetah velocity, 0.2 for direction")

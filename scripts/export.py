@@ -19,32 +19,43 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
+    from tf_maml.settings import flag_type, integer
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--keras", required=True, help="a .keras file of a tf_maml.MAML (or of a plain Keras model)")
     p.add_argument("--checkpoint", help="a tf.train checkpoint (prefix or directory) whose weights replace the file's")
     p.add_argument("--base", default="saved_models", help="TF Serving base directory (default: saved_models)")
     p.add_argument("--name", required=True, help="model name: the export goes to <base>/<name>/<next version>/")
     p.add_argument("--adapt-support", help=".npz with support_x, support_y of one task: export the adapted model")
-    p.add_argument("--steps", type=int, help="inner steps (default: the meta-learner's eval_inner_steps)")
+    p.add_argument("--steps", type=flag_type(integer(0)), help="inner steps (default: the meta-learner's eval_inner_steps)")
     p.add_argument("--metadata", help="JSON object (or @file.json) merged into assets/tf_maml.json")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None) -> str:
-    args = parse_args(argv)
+    import tensorflow as tf
+
+    parser = make_parser()
+    args = parser.parse_args(argv)
     metadata = None
     if args.metadata:
-        text = open(args.metadata[1:], encoding="utf-8").read() if args.metadata.startswith("@") else args.metadata
-        metadata = json.loads(text)
+        try:
+            text = open(args.metadata[1:], encoding="utf-8").read() if args.metadata.startswith("@") else args.metadata
+            metadata = json.loads(text)
+        except (OSError, ValueError) as err:
+            parser.error(f"--metadata: {err}")
         if not isinstance(metadata, dict):
-            raise SystemExit("--metadata must be a JSON object.")
+            parser.error("--metadata must be a JSON object.")
     from tf_maml.serving import export_from_file
 
-    path = export_from_file(
-        args.keras, args.base, args.name, checkpoint=args.checkpoint, adapt_support=args.adapt_support,
-        steps=args.steps, metadata=metadata,
-    )
+    try:  # nothing is half-written on failure (see tf_maml.serving.write_version)
+        path = export_from_file(
+            args.keras, args.base, args.name, checkpoint=args.checkpoint, adapt_support=args.adapt_support,
+            steps=args.steps, metadata=metadata,
+        )
+    except (ValueError, TypeError, KeyError, OSError, tf.errors.OpError) as err:
+        parser.error(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
     print(path)
     return path
 

@@ -28,7 +28,7 @@ def main() -> None:
         maml, config = omniglot.load_for_evaluation(workdir=args.workdir)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
-    data = omniglot.load_classes(args, config.split)
+    data = omniglot.load_classes(args, config.split, parser)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=0)
     results["meta_steps"] = maml.meta_steps_done()
     with open(os.path.join(args.workdir, "eval.json"), "w") as f:

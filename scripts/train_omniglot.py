@@ -16,7 +16,9 @@ from tf_maml.settings import flag_type, integer  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", choices=sorted(omniglot.PRESETS), default="5way1shot")
+    parser.add_argument("--preset", choices=sorted(omniglot.PRESETS),
+                        help="N-way K-shot with the paper's settings (default: the run's or --init-from's own, "
+                             f"else {omniglot.DEFAULT_PRESET})")
     parser.add_argument("--workdir", help="checkpoints, logs and results (default runs/<preset>)")
     parser.add_argument("--meta-steps", type=int,
                         help="total meta-steps, a multiple of --steps-per-epoch (the paper: 60,000)")
@@ -72,7 +74,7 @@ def main() -> None:
         config, workdir = omniglot.config_for_run(args.preset, overrides, args.workdir, init_from=args.init_from)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
-    data = omniglot.load_classes(args, config.split)
+    data = omniglot.load_classes(args, config.split, parser)
     maml = omniglot.train(config, workdir, data=data, verbose=args.verbose, init_from=args.init_from)
     eval_tasks = args.eval_tasks if args.eval_tasks is not None else config.eval_tasks
     results = omniglot.evaluate(maml, config, data, eval_tasks, seed=config.seed)

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
                         "processes)")
     p.add_argument("--loop", action="store_true", help="unrolled task loop instead of vectorized_map")
     p.add_argument("--seed", type=int)
+    p.add_argument("--init-from", metavar="EXPORT",
+                   help="continue the run a meta-policy export came from (python -m tf_maml.rl.export --steps 0): "
+                        "its settings, policy and iteration start the new --logdir")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -54,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     try:  # an existing run resumes with its own settings, if the flags agree with them
         config = preset(args.env, **overrides)
         asked = {"env_id": config.env_id, **{k: v for k, v in overrides.items() if v is not None}}
-        learner = MAMLTRPO.for_run(config, args.logdir, asked, progress=args.progress)
-    except ValueError as err:
+        learner = MAMLTRPO.for_run(config, args.logdir, asked, progress=args.progress, init_from=args.init_from)
+    except (ValueError, FileNotFoundError) as err:
         p.error(str(err))
     start = int(learner.iteration.numpy())
     if start:

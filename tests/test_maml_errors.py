@@ -116,6 +116,12 @@ def test_examples_that_do_not_fit_the_model_input_are_named():
         compiled().adapt(wide[0][0], sy[0])
 
 
+def test_episodes_without_query_examples_are_named():
+    (sx, sy, qx, qy), _ = sample_sinusoid_tasks([0, 1], 2, 5, 4)
+    with pytest.raises(ValueError, match=r"no query examples .*queries >= 1"):
+        compiled().meta_loss((sx, sy, qx[:, :0], qy[:, :0]))
+
+
 def test_labels_that_would_broadcast_against_the_output_are_named():
     (sx, sy, qx, qy), _ = sample_sinusoid_tasks([0, 1], 2, 5, 4)
     maml = compiled()

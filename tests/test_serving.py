@@ -4,6 +4,7 @@ versioned and written atomically the way TF Serving needs."""
 import json
 import os
 import pathlib
+import re
 import runpy
 import subprocess
 import sys
@@ -337,6 +338,15 @@ def test_export_script_from_keras_file_and_checkpoint(tmp_path, monkeypatch, cap
     with pytest.raises(TypeError, match="--steps apply only to a saved MAML"):
         serving.export_from_file(str(plain), str(base), "plain", steps=2)  # not silently ignored
     assert not (base / "plain").exists()
+    np.savez(tmp_path / "flat.npz", x=sx)
+    for args, says in [(("--steps", "-1"), "--steps: must be an integer >= 0"),
+                       (("--adapt-support", str(tmp_path / "flat.npz")), r"lacks \['support_x', 'support_y'\]"),
+                       (("--checkpoint", str(tmp_path / "nowhere")), "No checkpoint found"),
+                       (("--metadata", "[1, 2]"), "--metadata must be a JSON object")]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_script("--name", "bad", *args)
+        assert exit_info.value.code == 2 and re.search(says, capsys.readouterr().err), says
+    assert not (base / "bad").exists()
 
 
 def test_source_paths_in_metadata_do_not_leak_the_training_machines_directories(tmp_path, monkeypatch):

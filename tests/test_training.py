@@ -52,6 +52,19 @@ def test_resume_with_other_epoch_length_says_how_to_fix(tmp_path):
     assert read_budget(str(tmp_path / "budget.json"))["meta_steps"] == 10  # nothing already saved is lost
 
 
+def test_epochs_that_steps_per_execution_would_overshoot_are_refused(tmp_path):
+    maml = fresh()
+    maml.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", steps_per_execution=4)
+    with pytest.raises(ValueError, match=r"steps_per_epoch \(10\) must be a multiple of steps_per_execution \(4\)"):
+        fit_resumable(maml, make_dataset, 20, 10, str(tmp_path / "run"), verbose=0)
+    assert not (tmp_path / "run").exists() and int(maml.optimizer.iterations) == 0
+    from tf_maml.recipes.sinusoid import SinusoidConfig
+    from tf_maml.settings import InvalidSettings
+
+    with pytest.raises(InvalidSettings, match="steps_per_execution"):
+        SinusoidConfig(meta_steps=300, steps_per_epoch=150, steps_per_execution=100)
+
+
 def test_a_run_continued_from_its_export_ends_where_the_uninterrupted_run_does(tmp_path):
     """Run directories stay on their machine; the export travels. Continuing it is exact: weights, Adam's
     state and the step come from the export, and the step-indexed episode stream goes on where it stopped."""
@@ -67,7 +80,7 @@ def test_a_run_continued_from_its_export_ends_where_the_uninterrupted_run_does(t
     assert start_from_export(continued, export, workdir) == 20
     budget = read_budget(os.path.join(workdir, "budget.json"))
     assert budget["meta_steps"] == 20 and budget["sessions"] == 1 and budget["wall_seconds"] > 0
-    assert budget["initialised_from"] == serving.source_path(export)
+    assert budget["initialised_from"] == os.path.realpath(export)
     history = fit_resumable(continued, make_dataset, 40, 10, workdir, verbose=0)
     assert history.epoch == [2, 3] and int(continued.optimizer.iterations) == 40
     for a, b in zip(continued.weights, straight.weights):
@@ -103,6 +116,7 @@ def test_the_shipped_20_way_model_continues_with_its_own_settings_and_state(tmp_
     workdir = str(tmp_path / "run")
     config, _ = omniglot.config_for_run("20way1shot", {"meta_steps": 30_000}, workdir, init_from=export)
     assert config.meta_steps == 30_000
+    assert omniglot.config_for_run(None, {"meta_steps": 30_000}, workdir, init_from=export)[0] == config
     assert {k: v for k, v in vars(config).items() if k != "meta_steps"} == {
         k: v for k, v in shipped["config"].items() if k != "meta_steps"}
     with pytest.raises(ValueError, match="ways: asked 5, run has 20"):

@@ -332,6 +332,10 @@ class MAML(keras.Model):
         _check_example_shape(self.model, batch.support_x.shape[2:])
         _check_label_shape(self.model, self._compiled_loss_fn(), batch.support_y.shape[2:], "support labels")
         _check_label_shape(self.model, self._compiled_loss_fn(), batch.query_y.shape[2:], "query labels")
+        if batch.query_x.shape.rank is not None and batch.query_x.shape[1] == 0:
+            raise ValueError(f"The episodes hold no query examples (query_x has shape {batch.query_x.shape}): the "
+                             "meta-loss is the loss on the query set, so sample at least one query example per "
+                             "class (queries >= 1).")
 
         dtype = self.model.trainable_variables[0].dtype
 

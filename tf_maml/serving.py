@@ -397,8 +397,9 @@ def restore_checkpoint(maml: MAML, checkpoint: str) -> int:
     ``checkpoint`` is a checkpoint prefix or a directory (its latest checkpoint). Returns the meta-step.
     """
     prefix = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
-    if not prefix:
-        raise FileNotFoundError(f"No checkpoint found in {checkpoint!r}.")
+    if not prefix or not tf.io.gfile.exists(prefix + ".index"):
+        raise FileNotFoundError(f"No checkpoint found at {checkpoint!r}: pass a checkpoint prefix (e.g. "
+                                "runs/x/checkpoints/ckpt-1000) or a directory holding checkpoints.")
     objects = {"model": maml}
     if getattr(maml, "optimizer", None) is not None:
         maml.optimizer.build(maml.trainable_variables)

@@ -93,6 +93,17 @@ def epochs_problem(total_steps: int, steps_per_epoch: int) -> str | None:
     return None
 
 
+def execution_problem(steps_per_epoch: int, steps_per_execution: int) -> str | None:
+    """Why epochs of ``steps_per_epoch`` cannot end where asked: Keras runs whole chunks of
+    ``steps_per_execution`` steps, so an epoch would overshoot, and with it the checkpoints and the step count."""
+    if (_is_int(steps_per_epoch) and _is_int(steps_per_execution) and steps_per_execution >= 1
+            and steps_per_epoch % steps_per_execution):
+        return (f"steps_per_epoch ({steps_per_epoch}) must be a multiple of steps_per_execution "
+                f"({steps_per_execution}): Keras runs whole chunks of that many meta-steps, so each epoch would "
+                "overshoot; compile with a steps_per_execution that divides steps_per_epoch")
+    return None
+
+
 def flag_type(rule: Rule, parse: Callable[[str], Any] = int) -> Callable[[str], Any]:
     """An argparse ``type=`` that refuses a value breaking ``rule`` ("argument --tasks: must be ..., got -3")."""
 

@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from tf_maml.maml import MAML
-from tf_maml.settings import InvalidSettings, check_value, epochs_problem, integer
+from tf_maml.settings import InvalidSettings, check_value, epochs_problem, execution_problem, integer
 
 Config = TypeVar("Config")
 CONFIG_FILE = "config.json"
@@ -172,11 +172,11 @@ def start_from_export(maml: MAML, export: str, workdir: str) -> int:
     ``maml`` with the export's settings (:func:`config_for_run` with ``init_from``). A rerun of the same command
     resumes from the run's own checkpoints; a run that did not start from this export is refused.
     """
-    from tf_maml.serving import load, read_metadata, resolve_version_dir, source_path
+    from tf_maml.serving import load, read_metadata, resolve_version_dir
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
     budget_path = os.path.join(workdir, "budget.json")
-    source = source_path(resolve_version_dir(export))
+    source = os.path.realpath(resolve_version_dir(export))  # local bookkeeping: any working directory
     if tf.train.latest_checkpoint(ckpt_dir):
         began = read_budget(budget_path).get("initialised_from")
         if began != source:
@@ -229,8 +229,10 @@ def fit_resumable(
     spent so far. Returns the Keras history, or None when already done.
     """
     check_value("steps_per_epoch", steps_per_epoch, integer(1))
-    if problem := epochs_problem(total_steps, steps_per_epoch):
-        raise ValueError(problem + ".")
+    for problem in (epochs_problem(total_steps, steps_per_epoch),
+                    execution_problem(steps_per_epoch, int(getattr(maml, "steps_per_execution", 1) or 1))):
+        if problem:
+            raise ValueError(problem + ".")
     ckpt_dir = os.path.join(workdir, "checkpoints")
     manager = checkpoint_manager(maml, ckpt_dir)
     start = restore_latest(maml, ckpt_dir)

@@ -26,9 +26,9 @@ def test_offline_script_without_data_says_where_it_looked_and_writes_nothing(tmp
          "--json", str(out)],
         capture_output=True, text=True, env=env, timeout=300,
     )
-    assert result.returncode != 0
-    assert "OmniglotNotFoundError" in result.stderr and str(tmp_path / "empty") in result.stderr
-    assert "manual_dir" in result.stderr and "download=False" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "eval_omniglot.py: error: Omniglot" in result.stderr and str(tmp_path / "empty") in result.stderr
+    assert "download=False" in result.stderr and "--data-dir DIR" in result.stderr and "--manual-dir" in result.stderr
     assert not out.exists()
 
 
@@ -79,6 +79,8 @@ def test_rerunning_the_command_resumes_with_the_runs_own_settings(tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps(dataclasses.asdict(started)))
     resumed, _ = omniglot.config_for_run("20way1shot", {"meta_steps": 8000}, workdir)
     assert resumed == dataclasses.replace(started, meta_steps=8000)
+    assert omniglot.config_for_run(None, {"meta_steps": 8000}, workdir)[0] == resumed  # no --preset: the run's
+    assert omniglot.config_for_run(None, {}, str(tmp_path / "new"))[0] == omniglot.PRESETS["5way1shot"]
     for preset, overrides, says in [("5way1shot", {}, "ways: asked 5, run has 20"),
                                     ("20way1shot", {"batch_norm": "running"}, "batch_norm: asked 'running', run has 'transductive'"),
                                     ("20way1shot", {"steps_per_epoch": 200}, "steps_per_epoch: asked 200, run has 100")]:
@@ -96,7 +98,7 @@ def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(performance, "set_graph_optimization", lambda level: seen.setdefault("graph", level))
     monkeypatch.setattr(performance, "run_tasks_in_parallel", lambda: seen.setdefault("threads", True))
-    monkeypatch.setattr(omniglot, "load_classes", lambda args, split: seen.update(split=split, args=args) or "DATA")
+    monkeypatch.setattr(omniglot, "load_classes", lambda args, split, parser: seen.update(split=split, args=args) or "DATA")
 
     def fake_train(config, workdir, data, verbose, init_from):
         omniglot.training.save_config(config, workdir)

@@ -90,6 +90,12 @@ def test_cli_exports_a_policy_adapted_to_a_given_task(tmp_path, capsys):
         with pytest.raises(SystemExit):
             rl_export.main([*common, "--task", bad])
         assert re.search(says, capsys.readouterr().err), bad
+    for flags, says in [(["--steps", "-1"], "--steps: must be an integer >= 0"),
+                        (["--n-traj", "0"], "--n-traj: must be an integer >= 1"),
+                        (["--logdir", str(tmp_path / "none")], "not a train_rl.py run directory")]:
+        with pytest.raises(SystemExit) as exit_info:
+            rl_export.main([*common, *flags])
+        assert exit_info.value.code == 2 and re.search(says, capsys.readouterr().err), flags
     assert sorted(os.listdir(tmp_path / "models" / "nav")) == ["1"]  # failures exported nothing
 
 

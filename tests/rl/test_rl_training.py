@@ -297,3 +297,43 @@ def test_a_run_keeps_the_env_version_it_was_made_with(tmp_path):
     learner.close()
     with pytest.raises(ValueError, match="env_id: asked 'tf_maml/HalfCheetahDir-v0', run has 'tf_maml/AntDir-v0'"):
         MAMLTRPO.for_run(preset("halfcheetah-dir"), str(tmp_path), {"env_id": "tf_maml/HalfCheetahDir-v0"})
+
+
+def test_a_run_continues_from_its_exported_meta_policy_exactly(tmp_path, capsys):
+    """Run directories stay on their machine; a meta-policy export carries the run's settings, policy and
+    iteration, so ``train_rl.py --init-from`` goes on with the very batches the run would have sampled."""
+    from tf_maml.rl import export as rl_export
+
+    train_rl = load_script("train_rl")
+    config = preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8, seed=2)
+    original = MAMLTRPO(config, str(tmp_path / "run"))
+    original.train(2)
+    base = str(tmp_path / "models")
+    rl_export.main(["--logdir", str(tmp_path / "run"), "--base", base, "--name", "meta", "--steps", "0"])
+    export = capsys.readouterr().out.strip().splitlines()[-1]
+    original.step()
+
+    logdir = str(tmp_path / "elsewhere")
+    common = ["--env", "navigation2d", "--init-from", export, "--logdir", logdir]
+    train_rl.main([*common, "--iterations", "3"])
+    assert "it    3" in capsys.readouterr().out
+    continued = MAMLTRPO.from_logdir(logdir)
+    np.testing.assert_array_equal(continued.theta().numpy(), original.theta().numpy())
+    assert continued.config == config
+    assert json.load(open(os.path.join(logdir, "initialised_from.json")))["iteration"] == 2
+    continued.close()
+    original.close()
+    train_rl.main([*common, "--iterations", "4"])  # the same command again resumes the new run
+    assert "resuming from iteration 3" in capsys.readouterr().out
+
+    shipped = os.path.join(ROOT, "saved_models", "navigation2d_meta_policy")
+    adapted = os.path.join(ROOT, "saved_models", "navigation2d_adapted_policy")
+    for flags, says in [(["--init-from", adapted, "--logdir", str(tmp_path / "a")], "not a meta-policy export"),
+                        (["--init-from", shipped, "--logdir", str(tmp_path / "b")], "exported before exports carried"),
+                        (["--init-from", export, "--logdir", str(tmp_path / "c"), "--meta-batch-size", "4"],
+                         r"meta_batch_size: asked 4, run has 2"),
+                        (["--init-from", export, "--logdir", str(tmp_path / "run")], "trained from scratch")]:
+        with pytest.raises(SystemExit):
+            train_rl.main(["--env", "navigation2d", "--iterations", "5", *flags])
+        assert re.search(says, capsys.readouterr().err), says
+    assert not any(os.path.exists(tmp_path / d) for d in "abc")  # refused before anything was written

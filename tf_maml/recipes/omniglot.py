@@ -11,7 +11,7 @@ import keras
 
 from tf_maml import training
 from tf_maml.callbacks import EpisodeImages
-from tf_maml.data.omniglot import OmniglotClasses, load_omniglot_classes, omniglot_episodes
+from tf_maml.data.omniglot import OmniglotClasses, OmniglotNotFoundError, load_omniglot_classes, omniglot_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
 from tf_maml.maml import (BATCH_NORM_MODES, LEARN_INNER_LR, MAML, TASK_EXECUTIONS, learn_inner_lr_problem,
                           per_step_batch_norm_problem)
@@ -81,15 +81,35 @@ PRESETS = {
 }
 
 
-def config_for_run(preset: str, overrides: dict, workdir: str | None = None,
+DEFAULT_PRESET = "5way1shot"
+
+
+def config_for_run(preset: str | None, overrides: dict, workdir: str | None = None,
                    init_from: str | None = None) -> tuple[OmniglotConfig, str]:
     """The settings of a training run and its directory (default ``runs/<name>``); an existing run keeps
     its own settings, a run continuing an export (``init_from``) takes the export's (see
-    :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused."""
+    :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused. With no
+    ``preset``, that of the run or export (so resuming a 20-way run needs no ``--preset``), else 5-way 1-shot."""
+    preset = preset or _preset_of(workdir, init_from) or DEFAULT_PRESET
     config = dataclasses.replace(PRESETS[preset], **overrides)
     workdir = workdir or os.path.join("runs", config.name)
     config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from)
     return config, workdir
+
+
+def _preset_of(workdir: str | None, init_from: str | None) -> str | None:
+    """The preset named by the N-way K-shot of the run in ``workdir``, or else of the export ``init_from``."""
+    if workdir and os.path.exists(os.path.join(workdir, training.CONFIG_FILE)):
+        saved = config_from_workdir(workdir)
+    elif init_from:
+        from tf_maml.serving import read_metadata
+
+        saved = training.config_from_dict(OmniglotConfig, read_metadata(init_from).get("config"),
+                                          f"the metadata of {init_from}")
+    else:
+        return None
+    name = f"{saved.ways}way{saved.shots}shot"
+    return name if name in PRESETS else None
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,9 +121,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                                              "dataset from them without internet (checksums are checked)")
 
 
-def load_classes(args: argparse.Namespace, split: str) -> OmniglotClasses:
-    return load_omniglot_classes(split, data_dir=args.data_dir, download=not args.offline,
-                                 manual_dir=args.manual_dir, validation=True)
+def load_classes(args: argparse.Namespace, split: str, parser: argparse.ArgumentParser | None = None) -> OmniglotClasses:
+    """The classes of ``split`` as the data flags ask; with ``parser``, missing data stops the script with
+    its usage error, naming the flags that fix it (the library's message names the arguments)."""
+    try:
+        return load_omniglot_classes(split, data_dir=args.data_dir, download=not args.offline,
+                                     manual_dir=args.manual_dir, validation=True)
+    except OmniglotNotFoundError as err:
+        if parser is None:
+            raise
+        parser.error(f"{err}\nWith this script: --data-dir DIR (or TF_MAML_DATA_DIR=DIR) for a prepared copy, "
+                     "no --offline to download it, or --manual-dir FOLDER for the four archives.")
 
 
 def build_meta_learner(config: OmniglotConfig) -> MAML:

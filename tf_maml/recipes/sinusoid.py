@@ -16,7 +16,8 @@ from tf_maml.data.sinusoid import sample_sinusoid_tasks, sinusoid_episodes
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_mse
 from tf_maml.maml import MAML
 from tf_maml.models.mlp import sinusoid_mlp
-from tf_maml.settings import BOOLEAN, Rule, check_settings, each, epochs_problem, integer, number
+from tf_maml.settings import (BOOLEAN, Rule, check_settings, each, epochs_problem, execution_problem, integer,
+                              number)
 from tf_maml.training import fit_resumable, read_budget
 
 
@@ -46,7 +47,8 @@ class SinusoidConfig:
     }
 
     def __post_init__(self) -> None:
-        check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch)])
+        check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch),
+                                               execution_problem(self.steps_per_epoch, self.steps_per_execution)])
         self.eval_steps = tuple(self.eval_steps)  # a list after a JSON round trip
 
 

@@ -146,16 +146,19 @@ def main(argv: list[str] | None = None) -> None:
     export the meta-policy (``--steps 0``) or a policy adapted to one task (given, or sampled from a seed)."""
     import argparse
 
+    from tf_maml.settings import flag_type, integer, number
+
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--logdir", required=True)
     p.add_argument("--base", default="saved_models")
     p.add_argument("--name", required=True)
-    p.add_argument("--steps", type=int, default=1, help="adaptation steps; 0 exports the meta-policy itself")
+    p.add_argument("--steps", type=flag_type(integer(0)), default=1,
+                   help="adaptation steps; 0 exports the meta-policy itself")
     p.add_argument("--task", help='the task to adapt to, as JSON, e.g. \'{"velocity": 1.5}\' or \'{"goal": [0.3, -0.2]}\'')
     p.add_argument("--task-seed", type=int, default=4321, help="without --task: sample the task from this seed; "
                                                                "also seeds the adaptation's trajectories")
-    p.add_argument("--n-traj", type=int, default=40, help="episodes per adaptation step")
-    p.add_argument("--later-lr", type=float, help="rate of steps 2.. (default: half the run's fast_lr, as eval_rl.py)")
+    p.add_argument("--n-traj", type=flag_type(integer(1)), default=40, help="episodes per adaptation step")
+    p.add_argument("--later-lr", type=flag_type(number(0, low_open=True), float), help="rate of steps 2.. (default: half the run's fast_lr, as eval_rl.py)")
     args = p.parse_args(argv)
 
     if args.task is not None and args.steps == 0:
@@ -165,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     from tf_maml.rl.maml_trpo import MAMLTRPO
     from tf_maml.rl.policy import policy_params
 
-    learner = MAMLTRPO.from_logdir(args.logdir)
+    try:
+        learner = MAMLTRPO.from_logdir(args.logdir)
+    except (ValueError, FileNotFoundError) as err:
+        p.error(str(err))
     c = learner.config
     try:
         task = parse_task(c.env_id, args.task) if args.task is not None else None
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(err))
     if args.steps == 0:
         meta = {"env_id": c.env_id, "kind": "meta-policy", "iteration": int(learner.iteration.numpy()),
-                "fast_lr": c.fast_lr, "inner_steps": c.inner_steps}
+                "fast_lr": c.fast_lr, "inner_steps": c.inner_steps, "config": json.loads(c.to_json())}
         path = export_policy(learner.model, policy_params(learner.model), args.base, args.name, meta,
                              action_bounds=(learner.sampler.action_low, learner.sampler.action_high))
     else:

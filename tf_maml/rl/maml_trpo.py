@@ -29,6 +29,7 @@ from tf_maml.rl.envs import env_family
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
 from tf_maml.rl.sampler import Sampler, TrajectoryBatch
 from tf_maml.rl.trpo import backtracking_line_search, flatten, natural_gradient, unflatten
+from tf_maml.serving import read_metadata, resolve_version_dir
 from tf_maml.settings import BOOLEAN, Rule, check_settings, each, integer, number, one_of, optional
 from tf_maml.training import check_resume_settings
 
@@ -142,6 +143,31 @@ class MAMLTRPOConfig:
         return config
 
 
+INIT_FILE = "initialised_from.json"
+
+
+def exported_run_config(export: str) -> MAMLTRPOConfig:
+    """The settings of the run a meta-policy export came from (``--init-from``)."""
+    meta = read_metadata(export)
+    if meta.get("kind") != "meta-policy" or "config" not in meta:
+        raise ValueError(f"{export} is not a meta-policy export carrying its run's settings (an adapted policy, or "
+                         "exported before exports carried them): export the run's meta-policy with "
+                         "`python -m tf_maml.rl.export --logdir RUN --steps 0 --name NAME` and continue that.")
+    return MAMLTRPOConfig.from_json(json.dumps(meta["config"]), source=f"the metadata of {export}")
+
+
+def _check_continues(logdir: str, export: str) -> None:
+    path = os.path.join(logdir, INIT_FILE)
+    began = None
+    if os.path.exists(path):
+        with open(path) as f:
+            began = json.load(f)["export"]
+    if began != os.path.realpath(resolve_version_dir(export)):
+        raise ValueError(f"{logdir} already holds a run ({'started from ' + began if began else 'trained from scratch'}), "
+                         f"not one continuing {export}: drop --init-from to resume it, or continue the export in a "
+                         "new --logdir.")
+
+
 def _seed(*parts: int) -> int:
     """Deterministic per-iteration seed (so a resumed run samples exactly what the original would)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31 - 1))
@@ -177,23 +203,53 @@ class MAMLTRPO:
         self._natural_gradient_fn = tf.function(self._natural_gradient, reduce_retracing=True)
 
     @classmethod
-    def for_run(cls, config: MAMLTRPOConfig, logdir: str, asked: dict, progress: bool = False) -> "MAMLTRPO":
+    def for_run(cls, config: MAMLTRPOConfig, logdir: str, asked: dict, progress: bool = False,
+                init_from: str | None = None) -> "MAMLTRPO":
         """A new run of ``config`` in ``logdir``, or the run already there with its own settings, which must
         agree with the ``asked`` ones (ValueError saying which differ, before anything is touched); an env id
         of the run's family but another version counts as agreeing, the run keeping its own. The vector-env
         kind (``asynchronous``) changes speed, not episodes, so a resume may ask for another one (else it
-        keeps the run's own)."""
+        keeps the run's own). ``init_from``, a meta-policy export, starts a new ``logdir`` as the continuation
+        of the run it was exported from (:meth:`start_from_export`); rerun, the same call resumes that run."""
         config_path = os.path.join(logdir, "config.json")
-        if not os.path.exists(config_path):
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                saved = MAMLTRPOConfig.from_json(f.read(), source=config_path)
+            where = logdir
+            if init_from is not None:
+                _check_continues(logdir, init_from)
+        elif init_from is not None:
+            saved, where = exported_run_config(init_from), f"{init_from} (the export --init-from continues)"
+        else:
             return cls(config, logdir, progress=progress)
-        with open(config_path) as f:
-            saved = MAMLTRPOConfig.from_json(f.read(), source=config_path)
         settings = {k: v for k, v in asked.items() if k != "asynchronous"}
         if "env_id" in settings and env_family(settings["env_id"]) == env_family(saved.env_id):
             del settings["env_id"]  # a run keeps the env version it was made with (presets move to newer ones)
-        check_resume_settings(saved, settings, logdir)
+        check_resume_settings(saved, settings, where)
         vector_env = asked.get("asynchronous", saved.asynchronous)
-        return cls(dataclasses.replace(saved, asynchronous=vector_env), logdir, progress=progress)
+        learner = cls(dataclasses.replace(saved, asynchronous=vector_env), logdir, progress=progress)
+        if init_from is not None and not learner.manager.latest_checkpoint:
+            learner.start_from_export(init_from)
+        return learner
+
+    def start_from_export(self, export: str) -> int:
+        """Take the policy and iteration of a meta-policy export as this run's first checkpoint; return the
+        iteration. Run directories stay on their machine, exports travel: meta-batches are seeded by the
+        iteration, so the run goes on with the batches the exported run would have sampled next."""
+        version_dir = resolve_version_dir(export)
+        iteration = int(read_metadata(version_dir)["iteration"])
+        exported = [np.asarray(v) for v in tf.saved_model.load(version_dir).params]
+        ours = self.model.trainable_variables  # what policy_params reads, in the export's order
+        if [p.shape for p in exported] != [tuple(v.shape) for v in ours]:
+            raise ValueError(f"{export} holds a policy of other shapes than this run's {self.config.env_id} policy "
+                             f"with hidden layers {self.config.hidden}.")
+        for variable, value in zip(ours, exported):
+            variable.assign(value)
+        self.iteration.assign(iteration)
+        with open(os.path.join(self.logdir, INIT_FILE), "w") as f:  # first: a rerun after a crash starts again
+            json.dump({"export": os.path.realpath(version_dir), "iteration": iteration}, f, indent=2)
+        self.save()
+        return iteration
 
     @classmethod
     def from_logdir(cls, logdir: str, **overrides) -> "MAMLTRPO":
