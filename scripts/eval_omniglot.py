@@ -27,8 +27,6 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here')
     args = parser.parse_args()
 
-    if args.json:  # before minutes of evaluation, not after
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     set_graph_optimization("fusion")
     run_tasks_in_parallel()
     try:
@@ -36,6 +34,8 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     data = omniglot.load_classes(args, config.split, parser)
+    if args.json:  # before minutes of evaluation, not after
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=args.seed,
                                 steps=tuple(args.steps) if args.steps else None)
     results["meta_steps"] = maml.meta_steps_done() if getattr(maml, "optimizer", None) else None

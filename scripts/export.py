@@ -34,10 +34,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> str:
-    import tensorflow as tf
-
     parser = make_parser()
     args = parser.parse_args(argv)
+    import tensorflow as tf
+
     metadata = None
     if args.metadata:
         try:

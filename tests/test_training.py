@@ -87,10 +87,13 @@ def test_a_run_continued_from_its_export_ends_where_the_uninterrupted_run_does(t
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     assert read_budget(os.path.join(workdir, "budget.json"))["sessions"] == 2
 
-    rerun = fresh()  # the same command again resumes the new run's own checkpoint
+    # The same command again resumes the new run's own checkpoint, also once a newer version of the export
+    # has been written under the same name.
+    serving.export_meta_learner(continued, str(tmp_path / "models"), "sinusoid")
+    rerun = fresh()
     assert start_from_export(rerun, os.path.dirname(export), workdir) == 40
     np.testing.assert_allclose(np.asarray(rerun.weights[0]), np.asarray(straight.weights[0]), rtol=1e-6, atol=1e-7)
-    with pytest.raises(ValueError, match="trained from scratch.*drop --init-from"):
+    with pytest.raises(ValueError, match="not started from an export.*drop --init-from"):
         start_from_export(fresh(), export, str(tmp_path / "first"))
 
 
@@ -123,6 +126,11 @@ def test_the_shipped_20_way_model_continues_with_its_own_settings_and_state(tmp_
         omniglot.config_for_run("5way1shot", {}, workdir, init_from=export)
     with pytest.raises(ValueError, match="batch_norm: asked 'running', run has 'transductive'"):
         omniglot.config_for_run("20way1shot", {"batch_norm": "running"}, workdir, init_from=export)
+
+    leftover = str(tmp_path / "leftover")  # settings of a run that never reached a checkpoint: not mixed in
+    omniglot.training.save_config(omniglot.PRESETS["20way1shot"], leftover)
+    with pytest.raises(ValueError, match="leftover already holds a run \\(not started from an export\\)"):
+        omniglot.config_for_run(None, {}, leftover, init_from=export)
 
     maml = omniglot.build_meta_learner(config)
     assert start_from_export(maml, export, workdir) == shipped["meta_steps_trained"]

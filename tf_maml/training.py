@@ -93,6 +93,8 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
     ``identity``, that disagrees with the saved run is refused by :func:`check_resume_settings`.
     """
     if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+        if init_from is not None:
+            check_continues(workdir, init_from, read_budget(os.path.join(workdir, "budget.json")).get("initialised_from"))
         saved, where = load_config(type(config), workdir), workdir
     elif init_from is not None:
         from tf_maml.serving import read_metadata
@@ -162,6 +164,17 @@ def restore_latest(maml: MAML, directory: str) -> int:
     return maml.meta_steps_done()
 
 
+def check_continues(workdir: str, export: str, recorded: str | None) -> None:
+    """Refuse ``--init-from export`` for a run directory that did not start from it (``recorded``: the export
+    version it started from, if any). The export given may be that version or its model directory, even if newer
+    versions have been exported there since, and need not exist any more: the run resumes from its own state."""
+    given = os.path.realpath(export)
+    if recorded is None or given not in (recorded, os.path.dirname(recorded)):
+        began = f"started from {recorded}" if recorded else "not started from an export"
+        raise ValueError(f"{workdir} already holds a run ({began}), not one continuing {export}: drop --init-from "
+                         "to resume it, or continue the export in a new directory.")
+
+
 def start_from_export(maml: MAML, export: str, workdir: str) -> int:
     """Begin the run in ``workdir`` where the training of an exported meta-learner stopped; return its meta-step.
 
@@ -176,15 +189,13 @@ def start_from_export(maml: MAML, export: str, workdir: str) -> int:
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
     budget_path = os.path.join(workdir, "budget.json")
-    source = os.path.realpath(resolve_version_dir(export))  # local bookkeeping: any working directory
-    if tf.train.latest_checkpoint(ckpt_dir):
-        began = read_budget(budget_path).get("initialised_from")
-        if began != source:
-            raise ValueError(f"{workdir} already holds a run ({'started from ' + began if began else 'trained from scratch'}), "
-                             f"not one continuing {source}: drop --init-from to resume it, or continue the export in "
-                             "a new --workdir.")
-        return restore_latest(maml, ckpt_dir)
-    exported = load(export)
+    if tf.train.latest_checkpoint(ckpt_dir) or os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+        check_continues(workdir, export, read_budget(budget_path).get("initialised_from"))
+        if tf.train.latest_checkpoint(ckpt_dir):
+            return restore_latest(maml, ckpt_dir)
+    source = os.path.realpath(resolve_version_dir(export))  # local bookkeeping, whatever the working directory
+    metadata = read_metadata(source)
+    exported = load(source)
     ours, theirs = [tuple(v.shape) for v in maml.weights], [tuple(v.shape) for v in exported.weights]
     if ours != theirs:
         raise ValueError(f"{export} holds a meta-learner of another shape ({len(theirs)} weights {theirs[:3]}..., "
@@ -201,7 +212,11 @@ def start_from_export(maml: MAML, export: str, workdir: str) -> int:
         for mine, saved in zip(maml.optimizer.variables, exported.optimizer.variables):
             mine.assign(saved)
     step = maml.meta_steps_done()
-    spent = read_metadata(export).get("training") or {}
+    if step != metadata.get("meta_steps_trained", step):
+        raise ValueError(f"The optimizer state of {export} did not load (step {step}, its metadata says "
+                         f"{metadata['meta_steps_trained']}): continuing would restart the episode stream and every "
+                         "schedule at step 0. Nothing was written.")
+    spent = metadata.get("training") or {}
     budget = {**EMPTY_BUDGET, **{k: spent[k] for k in EMPTY_BUDGET if k in spent}, "meta_steps": step,
               "initialised_from": source}
     os.makedirs(workdir, exist_ok=True)

@@ -314,7 +314,7 @@ def test_a_run_continues_from_its_exported_meta_policy_exactly(tmp_path, capsys)
     original.step()
 
     logdir = str(tmp_path / "elsewhere")
-    common = ["--env", "navigation2d", "--init-from", export, "--logdir", logdir]
+    common = ["--env", "navigation2d", "--init-from", os.path.dirname(export), "--logdir", logdir]
     train_rl.main([*common, "--iterations", "3"])
     assert "it    3" in capsys.readouterr().out
     continued = MAMLTRPO.from_logdir(logdir)
@@ -323,6 +323,8 @@ def test_a_run_continues_from_its_exported_meta_policy_exactly(tmp_path, capsys)
     assert json.load(open(os.path.join(logdir, "initialised_from.json")))["iteration"] == 2
     continued.close()
     original.close()
+    rl_export.main(["--logdir", logdir, "--base", base, "--name", "meta", "--steps", "0"])  # a newer version there
+    assert capsys.readouterr().out.strip().endswith(os.path.join("meta", "2"))
     train_rl.main([*common, "--iterations", "4"])  # the same command again resumes the new run
     assert "resuming from iteration 3" in capsys.readouterr().out
 
@@ -332,7 +334,7 @@ def test_a_run_continues_from_its_exported_meta_policy_exactly(tmp_path, capsys)
                         (["--init-from", shipped, "--logdir", str(tmp_path / "b")], "exported before exports carried"),
                         (["--init-from", export, "--logdir", str(tmp_path / "c"), "--meta-batch-size", "4"],
                          r"meta_batch_size: asked 4, run has 2"),
-                        (["--init-from", export, "--logdir", str(tmp_path / "run")], "trained from scratch")]:
+                        (["--init-from", export, "--logdir", str(tmp_path / "run")], "not started from an export")]:
         with pytest.raises(SystemExit):
             train_rl.main(["--env", "navigation2d", "--iterations", "5", *flags])
         assert re.search(says, capsys.readouterr().err), says

@@ -156,16 +156,12 @@ def exported_run_config(export: str) -> MAMLTRPOConfig:
     return MAMLTRPOConfig.from_json(json.dumps(meta["config"]), source=f"the metadata of {export}")
 
 
-def _check_continues(logdir: str, export: str) -> None:
+def _recorded_export(logdir: str) -> str | None:
     path = os.path.join(logdir, INIT_FILE)
-    began = None
-    if os.path.exists(path):
-        with open(path) as f:
-            began = json.load(f)["export"]
-    if began != os.path.realpath(resolve_version_dir(export)):
-        raise ValueError(f"{logdir} already holds a run ({'started from ' + began if began else 'trained from scratch'}), "
-                         f"not one continuing {export}: drop --init-from to resume it, or continue the export in a "
-                         "new --logdir.")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["export"]
 
 
 def _seed(*parts: int) -> int:
@@ -217,7 +213,7 @@ class MAMLTRPO:
                 saved = MAMLTRPOConfig.from_json(f.read(), source=config_path)
             where = logdir
             if init_from is not None:
-                _check_continues(logdir, init_from)
+                training.check_continues(logdir, init_from, _recorded_export(logdir))
         elif init_from is not None:
             saved, where = exported_run_config(init_from), f"{init_from} (the export --init-from continues)"
         else:
@@ -227,27 +223,34 @@ class MAMLTRPO:
             del settings["env_id"]  # a run keeps the env version it was made with (presets move to newer ones)
         check_resume_settings(saved, settings, where)
         vector_env = asked.get("asynchronous", saved.asynchronous)
-        learner = cls(dataclasses.replace(saved, asynchronous=vector_env), logdir, progress=progress)
-        if init_from is not None and not learner.manager.latest_checkpoint:
-            learner.start_from_export(init_from)
+        config = dataclasses.replace(saved, asynchronous=vector_env)
+        if init_from is None or tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")):
+            return cls(config, logdir, progress=progress)
+        version_dir = os.path.realpath(resolve_version_dir(init_from))
+        policy = [np.asarray(v) for v in tf.saved_model.load(version_dir).params]  # loaded before anything is written
+        os.makedirs(logdir, exist_ok=True)
+        with open(os.path.join(logdir, INIT_FILE), "w") as f:  # first: a rerun after a crash starts again
+            json.dump({"export": version_dir, "iteration": int(read_metadata(version_dir)["iteration"])}, f, indent=2)
+        learner = cls(config, logdir, progress=progress)
+        learner.start_from_export(version_dir, policy)
         return learner
 
-    def start_from_export(self, export: str) -> int:
-        """Take the policy and iteration of a meta-policy export as this run's first checkpoint; return the
-        iteration. Run directories stay on their machine, exports travel: meta-batches are seeded by the
-        iteration, so the run goes on with the batches the exported run would have sampled next."""
+    def start_from_export(self, export: str, policy: Sequence[np.ndarray] | None = None) -> int:
+        """Take the policy (``policy``, else the export's) and iteration of a meta-policy export as this run's
+        first checkpoint; return the iteration. Run directories stay on their machine, exports travel:
+        meta-batches are seeded by the iteration, so the run goes on with the batches the exported run would
+        have sampled next."""
         version_dir = resolve_version_dir(export)
         iteration = int(read_metadata(version_dir)["iteration"])
-        exported = [np.asarray(v) for v in tf.saved_model.load(version_dir).params]
+        if policy is None:
+            policy = [np.asarray(v) for v in tf.saved_model.load(version_dir).params]
         ours = self.model.trainable_variables  # what policy_params reads, in the export's order
-        if [p.shape for p in exported] != [tuple(v.shape) for v in ours]:
+        if [p.shape for p in policy] != [tuple(v.shape) for v in ours]:
             raise ValueError(f"{export} holds a policy of other shapes than this run's {self.config.env_id} policy "
                              f"with hidden layers {self.config.hidden}.")
-        for variable, value in zip(ours, exported):
+        for variable, value in zip(ours, policy):
             variable.assign(value)
         self.iteration.assign(iteration)
-        with open(os.path.join(self.logdir, INIT_FILE), "w") as f:  # first: a rerun after a crash starts again
-            json.dump({"export": os.path.realpath(version_dir), "iteration": iteration}, f, indent=2)
         self.save()
         return iteration
 
