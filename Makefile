@@ -22,8 +22,9 @@ demo: $(STAMP)
 	$(PY) scripts/train_sinusoid.py --preset demo --workdir runs/sinusoid_demo --export runs/sinusoid_demo/export
 
 # The slowest tests are listed at the end, so a suite that creeps towards CI's time budget shows where.
+# Most of the suite is tf.function tracing, one core at a time: one worker per core, a test file per worker.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=12 tests
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=12 tests
 
 # Training runs (runs/) are kept: they hold the only copy of long runs' checkpoints.
 clean:

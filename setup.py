@@ -26,7 +26,7 @@ setup(
         "importlib_resources>=6,<8",  # tensorflow-datasets needs it to download and prepare
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         # PyTorch reference for the benchmarks only; never needed by the package.
         "bench-torch": ["torch>=2.9,<2.15"],
     },
