@@ -84,13 +84,15 @@ def load_config(config_type: type[Config], workdir: str) -> Config:
 
 
 def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequence[str] = (),
-                   init_from: str | None = None) -> Config:
+                   init_from: str | None = None, schedules: dict[str, str] | None = None) -> Config:
     """The settings to train ``workdir`` with: ``config`` (a preset with ``overrides`` applied) for a new run;
     for an existing run its own saved settings, so rerunning the same command resumes it exactly; for a new run
     continuing an export (``init_from``, see :func:`start_from_export`), the settings of the run it was exported from.
 
     Only ``meta_steps`` may change on resume (to extend a run); an override, or a preset field named in
-    ``identity``, that disagrees with the saved run is refused by :func:`check_resume_settings`.
+    ``identity``, that disagrees with the saved run is refused by :func:`check_resume_settings`. One exception:
+    a continuation may switch on a schedule its export ran without (``schedules`` maps such a setting to the
+    field recording its first meta-step, set here to the export's): it changes only the steps still to come.
     """
     if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
         if init_from is not None:
@@ -100,7 +102,12 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
         from tf_maml.serving import read_metadata
 
         where = f"{init_from} (the export --init-from continues)"
-        saved = config_from_dict(type(config), read_metadata(init_from).get("config"), f"the metadata of {init_from}")
+        metadata = read_metadata(init_from)
+        saved = config_from_dict(type(config), metadata.get("config"), f"the metadata of {init_from}")
+        started = {k: overrides[k] for k in schedules or {} if overrides.get(k) and not getattr(saved, k)}
+        if started:
+            step = metadata.get("meta_steps_trained", 0)
+            saved = dataclasses.replace(saved, **started, **{schedules[k]: step for k in started})
     else:
         return config
     asked = {**{k: getattr(config, k) for k in identity}, **{k: v for k, v in overrides.items() if k != "meta_steps"}}

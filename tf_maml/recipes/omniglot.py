@@ -49,6 +49,7 @@ class OmniglotConfig:
     multi_step_loss: int = 0  # MAML++'s multi-step loss, annealed over this many meta-steps (0: off)
     first_order_until: int = 0  # MAML++'s derivative-order annealing: first order for this many meta-steps
     cosine_meta_lr: int = 0  # MAML++'s cosine annealing: meta_lr to 1% of it over this many meta-steps (0: off)
+    cosine_meta_lr_from: int = 0  # the meta-step it starts (meta_lr constant before): a continuation's first
     per_step_batch_norm: bool = False  # MAML++'s per-step batch-norm weights; see MAML(per_step_batch_norm=...)
 
     RUN_KIND: ClassVar[str] = "an Omniglot run or export (scripts/train_omniglot.py)"
@@ -59,7 +60,8 @@ class OmniglotConfig:
         "first_order": BOOLEAN, "split": one_of(*SPLITS), "seed": integer(0), "validation_tasks": integer(1),
         "eval_tasks": integer(1), "task_execution": one_of(*TASK_EXECUTIONS), "batch_norm": one_of(*BATCH_NORM_MODES),
         "learn_inner_lr": LEARN_INNER_LR, "multi_step_loss": integer(0),
-        "first_order_until": integer(0), "cosine_meta_lr": integer(0), "per_step_batch_norm": BOOLEAN,
+        "first_order_until": integer(0), "cosine_meta_lr": integer(0), "cosine_meta_lr_from": integer(0),
+        "per_step_batch_norm": BOOLEAN,
     }
 
     def __post_init__(self) -> None:
@@ -93,7 +95,8 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
     preset = preset or _preset_of(workdir, init_from) or DEFAULT_PRESET
     config = dataclasses.replace(PRESETS[preset], **overrides)
     workdir = workdir or os.path.join("runs", config.name)
-    config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from)
+    config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from,
+                                     schedules={"cosine_meta_lr": "cosine_meta_lr_from"})
     return config, workdir
 
 
@@ -148,11 +151,15 @@ def build_meta_learner(config: OmniglotConfig) -> MAML:
 
 def meta_learning_rate(config: OmniglotConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """Adam's rate: ``meta_lr``, or with ``cosine_meta_lr`` MAML++'s cosine annealing to 1% of it (1e-5 from
-    1e-3, as MAML++ does), held there after. The horizon is its own setting, not ``meta_steps``, which a
-    resumed run may extend: the schedule of a run must not change under it."""
+    1e-3, as MAML++ does), held there after; from meta-step ``cosine_meta_lr_from`` if a continuation started it
+    (constant before: Keras's warm-up from ``meta_lr`` to itself). The horizon is its own setting, not
+    ``meta_steps``, which a resumed run may extend: the schedule of a run must not change under it."""
     if not config.cosine_meta_lr:
         return config.meta_lr
-    return keras.optimizers.schedules.CosineDecay(config.meta_lr, decay_steps=config.cosine_meta_lr, alpha=0.01)
+    start = config.cosine_meta_lr_from
+    hold = {"warmup_target": config.meta_lr, "warmup_steps": start} if start else {}
+    return keras.optimizers.schedules.CosineDecay(config.meta_lr, decay_steps=config.cosine_meta_lr, alpha=0.01,
+                                                  **hold)
 
 
 def episodes(config: OmniglotConfig, split, seed: int, start_step: int = 0, meta_batch: int | None = None):
