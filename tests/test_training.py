@@ -1,5 +1,6 @@
 """An interrupted run that resumes ends exactly where an uninterrupted one does, also from an export."""
 
+import dataclasses
 import json
 import os
 
@@ -120,8 +121,8 @@ def test_the_shipped_20_way_model_continues_with_its_own_settings_and_state(tmp_
     config, _ = omniglot.config_for_run("20way1shot", {"meta_steps": 30_000}, workdir, init_from=export)
     assert config.meta_steps == 30_000
     assert omniglot.config_for_run(None, {"meta_steps": 30_000}, workdir, init_from=export)[0] == config
-    assert {k: v for k, v in vars(config).items() if k != "meta_steps"} == {
-        k: v for k, v in shipped["config"].items() if k != "meta_steps"}
+    exported = omniglot.training.config_from_dict(omniglot.OmniglotConfig, shipped["config"], export)
+    assert config == dataclasses.replace(exported, meta_steps=30_000)
     with pytest.raises(ValueError, match="ways: asked 5, run has 20"):
         omniglot.config_for_run("5way1shot", {}, workdir, init_from=export)
     with pytest.raises(ValueError, match="batch_norm: asked 'running', run has 'transductive'"):
@@ -141,3 +142,33 @@ def test_the_shipped_20_way_model_continues_with_its_own_settings_and_state(tmp_
         budget = json.load(f)
     assert budget["meta_steps"] == shipped["meta_steps_trained"]
     assert budget["wall_seconds"] == shipped["training"]["wall_seconds"]
+
+
+def test_a_continuation_may_anneal_the_rate_its_export_kept_constant(tmp_path):
+    """``--init-from saved_models/omniglot_20way1shot --cosine-meta-lr 2000``: MAML++'s cosine annealing begins
+    at the export's step (the rate it trained at until then), and a rerun of the command resumes that run."""
+    from tf_maml.recipes import omniglot
+
+    export = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models",
+                          "omniglot_20way1shot")
+    step = serving.read_metadata(export)["meta_steps_trained"]
+    workdir = str(tmp_path / "run")
+    asked = {"meta_steps": step + 2000, "cosine_meta_lr": 2000}
+    config, _ = omniglot.config_for_run(None, asked, workdir, init_from=export)
+    assert (config.cosine_meta_lr, config.cosine_meta_lr_from) == (2000, step)
+    rate = omniglot.meta_learning_rate(config)
+    for at, expected in [(0, 1e-3), (step, 1e-3), (step + 1000, 0.505e-3), (step + 2000, 1e-5), (step + 5000, 1e-5)]:
+        np.testing.assert_allclose(float(rate(at)), expected, rtol=1e-5)
+    assert omniglot.meta_learning_rate(omniglot.PRESETS["20way1shot"]) == 1e-3  # unchanged without the flag
+
+    maml = omniglot.build_meta_learner(config)  # what training does first
+    assert start_from_export(maml, export, workdir) == step
+    omniglot.training.save_config(config, workdir)
+    np.testing.assert_allclose(float(maml.optimizer.learning_rate), 1e-3, rtol=1e-5)
+    assert omniglot.config_for_run(None, asked, workdir, init_from=export)[0] == config
+    with pytest.raises(ValueError, match="cosine_meta_lr: asked 500, run has 2000"):
+        omniglot.config_for_run(None, {"cosine_meta_lr": 500}, workdir, init_from=export)
+    annealing = serving.export_meta_learner(maml, str(tmp_path / "models"), "m",
+                                            metadata={"config": dataclasses.asdict(config)})
+    with pytest.raises(ValueError, match="cosine_meta_lr: asked 500, run has 2000"):  # its schedule is not restarted
+        omniglot.config_for_run(None, {"cosine_meta_lr": 500}, str(tmp_path / "next"), init_from=annealing)

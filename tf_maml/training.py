@@ -182,6 +182,12 @@ def check_continues(workdir: str, export: str, recorded: str | None) -> None:
                          "to resume it, or continue the export in a new directory.")
 
 
+def _optimizer_state(optimizer: keras.optimizers.Optimizer) -> list:
+    """The step and slots (Adam's moments) an optimizer carries; not a constant rate's variable, which the
+    run's own settings give (and a schedule, such as a continuation's annealing, replaces)."""
+    return [v for v in optimizer.variables if v.path.rsplit("/", 1)[-1] != "learning_rate"]
+
+
 def start_from_export(maml: MAML, export: str, workdir: str) -> int:
     """Begin the run in ``workdir`` where the training of an exported meta-learner stopped; return its meta-step.
 
@@ -212,12 +218,12 @@ def start_from_export(maml: MAML, export: str, workdir: str) -> int:
         mine.assign(saved)
     manager = checkpoint_manager(maml, ckpt_dir)  # builds the optimizer's slots
     if exported.optimizer is not None and exported.optimizer.built:
-        ours = [tuple(v.shape) for v in maml.optimizer.variables]
-        if ours != [tuple(v.shape) for v in exported.optimizer.variables]:
+        mine, saved = _optimizer_state(maml.optimizer), _optimizer_state(exported.optimizer)
+        if [tuple(v.shape) for v in mine] != [tuple(v.shape) for v in saved]:
             raise ValueError(f"The optimizer state in {export} does not fit this run's optimizer "
                              f"({type(exported.optimizer).__name__} there, {type(maml.optimizer).__name__} here).")
-        for mine, saved in zip(maml.optimizer.variables, exported.optimizer.variables):
-            mine.assign(saved)
+        for ours, theirs in zip(mine, saved):
+            ours.assign(theirs)
     step = maml.meta_steps_done()
     if step != metadata.get("meta_steps_trained", step):
         raise ValueError(f"The optimizer state of {export} did not load (step {step}, its metadata says "

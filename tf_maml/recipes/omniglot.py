@@ -93,8 +93,11 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
     :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused. With no
     ``preset``, that of the run or export (so resuming a 20-way run needs no ``--preset``), else 5-way 1-shot."""
     preset = preset or _preset_of(workdir, init_from) or DEFAULT_PRESET
-    config = dataclasses.replace(PRESETS[preset], **overrides)
-    workdir = workdir or os.path.join("runs", config.name)
+    workdir = workdir or os.path.join("runs", PRESETS[preset].name)
+    continuing = init_from is not None or os.path.exists(os.path.join(workdir, training.CONFIG_FILE))
+    # --meta-steps of a run going on is checked against that run's epoch length, not the preset's
+    config = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items()
+                                                     if not (continuing and k == "meta_steps")})
     config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from,
                                      schedules={"cosine_meta_lr": "cosine_meta_lr_from"})
     return config, workdir
