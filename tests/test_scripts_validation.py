@@ -59,6 +59,7 @@ def run_subprocess(script: str, *args: str) -> subprocess.CompletedProcess:
     ({"multi_step_loss": -1}, "multi_step_loss = -1 (must be an integer >= 0)"),
     ({"first_order_until": 1.5}, "first_order_until = 1.5 (must be an integer >= 0)"),
     ({"cosine_meta_lr": -3}, "cosine_meta_lr = -3 (must be an integer >= 0)"),
+    ({"cosine_meta_lr_from": 100}, "cosine_meta_lr_from is set but cosine_meta_lr is 0"),
     ({"learn_inner_lr": "per_step", "inner_steps": 0}, "learn_inner_lr='per_step' learns one rate per inner step"),
     ({"per_step_batch_norm": "yes"}, "per_step_batch_norm = 'yes' (must be True or False)"),
     ({"per_step_batch_norm": True, "inner_steps": 0}, "per_step_batch_norm learns one copy of γ, β per inner step"),
@@ -92,6 +93,19 @@ def test_a_refused_flag_leaves_the_directory_free_for_the_next_run(tmp_path):
     assert "steps_per_epoch = 0 (must be an integer >= 1)" in result.stderr and "--steps-per-epoch" in result.stderr
     assert not workdir.exists()
     assert omniglot.config_for_run("5way1shot", {}, str(workdir))[0] == omniglot.PRESETS["5way1shot"]
+
+
+def test_a_run_resumes_with_its_own_command_whatever_the_preset_s_meta_steps(tmp_path):
+    """Flags of a run going on are checked against its settings: an epoch of 7 steps does not divide the
+    preset's 60,000 meta-steps, which this run never had."""
+    workdir = str(tmp_path / "run")
+    asked = {"meta_steps": 70, "steps_per_epoch": 7}
+    config, _ = omniglot.config_for_run(None, asked, workdir)
+    training.save_config(config, workdir)
+    assert omniglot.config_for_run(None, asked, workdir)[0] == config
+    assert omniglot.config_for_run(None, {"meta_steps": 140}, workdir)[0].meta_steps == 140
+    with pytest.raises(ValueError, match=r"meta_steps \(75\) must be a multiple of steps_per_epoch \(7\)"):
+        omniglot.config_for_run(None, {"meta_steps": 75}, workdir)
 
 
 def test_sinusoid_without_meta_steps_stops_instead_of_pretraining_forever(tmp_path):

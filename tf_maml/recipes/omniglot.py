@@ -68,7 +68,10 @@ class OmniglotConfig:
         check_settings(self, self.RULES, also=[epochs_problem(self.meta_steps, self.steps_per_epoch),
                                                learn_inner_lr_problem(self.learn_inner_lr, self.inner_steps),
                                                per_step_batch_norm_problem(self.per_step_batch_norm,
-                                                                           self.inner_steps)])
+                                                                           self.inner_steps),
+                                               self.cosine_meta_lr_from and not self.cosine_meta_lr and
+                                               "cosine_meta_lr_from is set but cosine_meta_lr is 0: no annealing "
+                                               "to start (set both, or neither)"])
 
     @property
     def name(self) -> str:
@@ -93,11 +96,11 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
     :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused. With no
     ``preset``, that of the run or export (so resuming a 20-way run needs no ``--preset``), else 5-way 1-shot."""
     preset = preset or _preset_of(workdir, init_from) or DEFAULT_PRESET
-    workdir = workdir or os.path.join("runs", PRESETS[preset].name)
+    named = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if k in ("ways", "shots")})
+    workdir = workdir or os.path.join("runs", named.name)
     continuing = init_from is not None or os.path.exists(os.path.join(workdir, training.CONFIG_FILE))
-    # --meta-steps of a run going on is checked against that run's epoch length, not the preset's
-    config = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items()
-                                                     if not (continuing and k == "meta_steps")})
+    # A run going on checks the flags against its own settings (the preset's may not fit them: epoch lengths)
+    config = named if continuing else dataclasses.replace(PRESETS[preset], **overrides)
     config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from,
                                      schedules={"cosine_meta_lr": "cosine_meta_lr_from"})
     return config, workdir
