@@ -145,30 +145,36 @@ def test_the_shipped_20_way_model_continues_with_its_own_settings_and_state(tmp_
 
 
 def test_a_continuation_may_anneal_the_rate_its_export_kept_constant(tmp_path):
-    """``--init-from saved_models/omniglot_20way1shot --cosine-meta-lr 2000``: MAML++'s cosine annealing begins
-    at the export's step (the rate it trained at until then), and a rerun of the command resumes that run."""
+    """``--init-from EXPORT --cosine-meta-lr 2000`` on an export trained at a constant rate: MAML++'s cosine
+    annealing begins at the export's step (the rate it trained at until then), ``--meta-steps`` is checked
+    against the run's own epoch length, and a rerun of the command resumes that run."""
     from tf_maml.recipes import omniglot
 
-    export = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models",
-                          "omniglot_20way1shot")
-    step = serving.read_metadata(export)["meta_steps_trained"]
+    constant = dataclasses.replace(omniglot.PRESETS["5way1shot"], steps_per_epoch=100, meta_steps=300)
+    trained = omniglot.build_meta_learner(constant)
+    trained.optimizer.build(trained.trainable_variables)
+    trained.optimizer.iterations.assign(300)  # as if trained 300 meta-steps
+    export = serving.export_meta_learner(trained, str(tmp_path / "models"), "constant",
+                                         metadata={"config": dataclasses.asdict(constant)})
     workdir = str(tmp_path / "run")
-    asked = {"meta_steps": step + 2000, "cosine_meta_lr": 2000}
+    asked = {"meta_steps": 2300, "cosine_meta_lr": 2000}  # not a multiple of the preset's epoch (200)
     config, _ = omniglot.config_for_run(None, asked, workdir, init_from=export)
-    assert (config.cosine_meta_lr, config.cosine_meta_lr_from) == (2000, step)
+    assert (config.cosine_meta_lr, config.cosine_meta_lr_from, config.meta_steps) == (2000, 300, 2300)
     rate = omniglot.meta_learning_rate(config)
-    for at, expected in [(0, 1e-3), (step, 1e-3), (step + 1000, 0.505e-3), (step + 2000, 1e-5), (step + 5000, 1e-5)]:
+    for at, expected in [(0, 1e-3), (300, 1e-3), (1300, 0.505e-3), (2300, 1e-5), (5000, 1e-5)]:
         np.testing.assert_allclose(float(rate(at)), expected, rtol=1e-5)
-    assert omniglot.meta_learning_rate(omniglot.PRESETS["20way1shot"]) == 1e-3  # unchanged without the flag
+    assert omniglot.meta_learning_rate(constant) == 1e-3  # unchanged without the flag
 
     maml = omniglot.build_meta_learner(config)  # what training does first
-    assert start_from_export(maml, export, workdir) == step
+    assert start_from_export(maml, export, workdir) == 300
     omniglot.training.save_config(config, workdir)
     np.testing.assert_allclose(float(maml.optimizer.learning_rate), 1e-3, rtol=1e-5)
     assert omniglot.config_for_run(None, asked, workdir, init_from=export)[0] == config
     with pytest.raises(ValueError, match="cosine_meta_lr: asked 500, run has 2000"):
         omniglot.config_for_run(None, {"cosine_meta_lr": 500}, workdir, init_from=export)
-    annealing = serving.export_meta_learner(maml, str(tmp_path / "models"), "m",
+    annealing = serving.export_meta_learner(maml, str(tmp_path / "models"), "annealing",
                                             metadata={"config": dataclasses.asdict(config)})
-    with pytest.raises(ValueError, match="cosine_meta_lr: asked 500, run has 2000"):  # its schedule is not restarted
+    again = omniglot.config_for_run(None, {"meta_steps": 2400}, str(tmp_path / "next"), init_from=annealing)[0]
+    assert (again.cosine_meta_lr, again.cosine_meta_lr_from) == (2000, 300)  # its schedule goes on as it was
+    with pytest.raises(ValueError, match="cosine_meta_lr: asked 500, run has 2000"):  # and is not restarted
         omniglot.config_for_run(None, {"cosine_meta_lr": 500}, str(tmp_path / "next"), init_from=annealing)
