@@ -38,8 +38,8 @@ def main() -> None:
                              "meta-steps, then second order (default 0: the run's order throughout)")
     parser.add_argument("--cosine-meta-lr", type=flag_type(integer(0)), metavar="META_STEPS",
                         help="MAML++'s cosine annealing of the meta learning rate to 1%% of it over this many "
-                             "meta-steps (default 0: constant); with --init-from, of an export trained at a constant rate, "
-                             "from the export's meta-step on")
+                             "meta-steps (default 0: constant); with --init-from, on an export trained at a "
+                             "constant rate, from the export's meta-step on")
     parser.add_argument("--init-from", metavar="EXPORT",
                         help="continue the run an exported meta-learner came from (e.g. saved_models/"
                              "omniglot_20way1shot): its settings, weights, optimizer state and budget start the new "
