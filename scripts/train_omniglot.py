@@ -40,6 +40,9 @@ def main() -> None:
                         help="MAML++'s cosine annealing of the meta learning rate to 1%% of it over this many "
                              "meta-steps (default 0: constant); with --init-from, on an export trained at a "
                              "constant rate, from the export's meta-step on")
+    parser.add_argument("--warm-restart", action="store_true",
+                        help="with --init-from and --cosine-meta-lr, on an export that annealed already: begin the "
+                             "annealing again at the export's meta-step, from the preset's rate (SGDR's restart)")
     parser.add_argument("--init-from", metavar="EXPORT",
                         help="continue the run an exported meta-learner came from (e.g. saved_models/"
                              "omniglot_20way1shot): its settings, weights, optimizer state and budget start the new "
@@ -72,7 +75,8 @@ def main() -> None:
     if args.per_step_bn:
         overrides["per_step_batch_norm"] = True
     try:
-        config, workdir = omniglot.config_for_run(args.preset, overrides, args.workdir, init_from=args.init_from)
+        config, workdir = omniglot.config_for_run(args.preset, overrides, args.workdir, init_from=args.init_from,
+                                                   warm_restart=args.warm_restart)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     data = omniglot.load_classes(args, config.split, parser)

@@ -124,6 +124,13 @@ def test_meta_steps_off_the_epoch_grid_are_an_argparse_error_in_both_scripts(tmp
     assert not any(tmp_path.iterdir())
 
 
+def test_a_warm_restart_without_an_export_to_continue_is_an_argparse_error(tmp_path, script_error):
+    says = "warm restart begins a schedule (cosine_meta_lr) again at the step of the export a run continues"
+    assert says in script_error("train_omniglot", "--workdir", str(tmp_path / "o"), "--cosine-meta-lr", "1000",
+                                "--warm-restart")
+    assert not any(tmp_path.iterdir())
+
+
 def test_settings_saved_unchecked_are_refused_on_load_naming_the_file(tmp_path, script_error):
     """Runs written before the checks may hold a bad value: loading says which and how to get going again."""
     legacy = {**dataclasses.asdict(omniglot.PRESETS["5way1shot"]), "steps_per_epoch": 0}

@@ -176,5 +176,47 @@ def test_a_continuation_may_anneal_the_rate_its_export_kept_constant(tmp_path):
                                             metadata={"config": dataclasses.asdict(config)})
     again = omniglot.config_for_run(None, {"meta_steps": 2400}, str(tmp_path / "next"), init_from=annealing)[0]
     assert (again.cosine_meta_lr, again.cosine_meta_lr_from) == (2000, 300)  # its schedule goes on as it was
-    with pytest.raises(ValueError, match="cosine_meta_lr: asked 500, run has 2000"):  # and is not restarted
+    with pytest.raises(ValueError, match="cosine_meta_lr = 2000 from meta-step 300.*--warm-restart"):
         omniglot.config_for_run(None, {"cosine_meta_lr": 500}, str(tmp_path / "next"), init_from=annealing)
+
+
+def test_a_warm_restart_begins_the_annealing_again_at_the_exports_step(tmp_path):
+    """``--init-from EXPORT --cosine-meta-lr 1000 --warm-restart`` on an export that annealed: the rate goes back
+    to ``meta_lr`` at the export's step and anneals again over the new length (SGDR); a rerun resumes it, and
+    the flag is refused where there is nothing to restart."""
+    from tf_maml.recipes import omniglot
+
+    annealed = dataclasses.replace(omniglot.PRESETS["5way1shot"], steps_per_epoch=100, meta_steps=2300,
+                                   cosine_meta_lr=2000, cosine_meta_lr_from=300)
+    trained = omniglot.build_meta_learner(annealed)
+    trained.optimizer.build(trained.trainable_variables)
+    trained.optimizer.iterations.assign(2300)
+    np.testing.assert_allclose(float(trained.optimizer.learning_rate), 1e-5, rtol=1e-5)  # annealed out
+    moments = [v for v in trained.optimizer.variables if "momentum" in v.path or "velocity" in v.path]
+    for v in moments:
+        v.assign(np.random.default_rng(0).uniform(0.1, 1.0, v.shape))
+    export = serving.export_meta_learner(trained, str(tmp_path / "models"), "annealed",
+                                         metadata={"config": dataclasses.asdict(annealed)})
+    workdir = str(tmp_path / "restart")
+    asked = {"meta_steps": 3300, "cosine_meta_lr": 1000}
+    config, _ = omniglot.config_for_run(None, asked, workdir, init_from=export, warm_restart=True)
+    assert (config.cosine_meta_lr, config.cosine_meta_lr_from, config.meta_steps) == (1000, 2300, 3300)
+    rate = omniglot.meta_learning_rate(config)
+    for at, expected in [(2300, 1e-3), (2800, 0.505e-3), (3300, 1e-5)]:
+        np.testing.assert_allclose(float(rate(at)), expected, rtol=1e-5)
+
+    maml = omniglot.build_meta_learner(config)
+    assert start_from_export(maml, export, workdir) == 2300
+    omniglot.training.save_config(config, workdir)
+    np.testing.assert_allclose(float(maml.optimizer.learning_rate), 1e-3, rtol=1e-5)  # restarted
+    carried = [v for v in maml.optimizer.variables if "momentum" in v.path or "velocity" in v.path]
+    assert len(carried) == len(moments) > 0
+    for v_restart, v_export in zip(carried, moments):
+        np.testing.assert_array_equal(v_restart.numpy(), v_export.numpy())  # Adam's moments carried over
+    rerun = omniglot.config_for_run(None, asked, workdir, init_from=export, warm_restart=True)[0]
+    assert rerun == config
+    same = omniglot.config_for_run(None, {"cosine_meta_lr": 2000}, str(tmp_path / "same"), init_from=export)[0]
+    assert (same.cosine_meta_lr, same.cosine_meta_lr_from) == (2000, 300)  # without the flag: goes on as it was
+    for asked_wrongly, kwargs in [({"cosine_meta_lr": 1000}, {}), ({}, {"init_from": export})]:
+        with pytest.raises(ValueError, match="warm restart begins a schedule .*cosine_meta_lr"):
+            omniglot.config_for_run(None, asked_wrongly, str(tmp_path / "bad"), warm_restart=True, **kwargs)

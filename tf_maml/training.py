@@ -84,7 +84,8 @@ def load_config(config_type: type[Config], workdir: str) -> Config:
 
 
 def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequence[str] = (),
-                   init_from: str | None = None, schedules: dict[str, str] | None = None) -> Config:
+                   init_from: str | None = None, schedules: dict[str, str] | None = None,
+                   restart: bool = False) -> Config:
     """The settings to train ``workdir`` with: ``config`` (a preset with ``overrides`` applied) for a new run;
     for an existing run its own saved settings, so rerunning the same command resumes it exactly; for a new run
     continuing an export (``init_from``, see :func:`start_from_export`), the settings of the run it was exported from.
@@ -93,7 +94,13 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
     ``identity``, that disagrees with the saved run is refused by :func:`check_resume_settings`. One exception:
     a continuation may switch on a schedule its export ran without (``schedules`` maps such a setting to the
     field recording its first meta-step, set here to the export's): it changes only the steps still to come.
+    With ``restart`` it may also begin again a schedule its export already ran (a warm restart, as in SGDR).
     """
+    asked_schedules = [k for k in schedules or {} if overrides.get(k)]
+    if restart and (init_from is None or not asked_schedules):
+        raise ValueError(f"A warm restart begins a schedule ({', '.join(schedules or {}) or 'none here'}) again at "
+                         "the step of the export a run continues: give both the export (--init-from) and the "
+                         "schedule's length.")
     if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
         if init_from is not None:
             check_continues(workdir, init_from, read_budget(os.path.join(workdir, "budget.json")).get("initialised_from"))
@@ -104,7 +111,13 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
         where = f"{init_from} (the export --init-from continues)"
         metadata = read_metadata(init_from)
         saved = config_from_dict(type(config), metadata.get("config"), f"the metadata of {init_from}")
-        started = {k: overrides[k] for k in schedules or {} if overrides.get(k) and not getattr(saved, k)}
+        started = {k: overrides[k] for k in asked_schedules if restart or not getattr(saved, k)}
+        running = [f"{k} = {getattr(saved, k)} from meta-step {getattr(saved, schedules[k])}"
+                   for k in asked_schedules if k not in started and getattr(saved, k) != overrides[k]]
+        if running:
+            raise ValueError(f"{init_from} was trained with {', '.join(running)}: a continuation goes on with that "
+                             "schedule; to begin it again at the export's step, ask for a warm restart "
+                             "(--warm-restart).")
         if started:
             step = metadata.get("meta_steps_trained", 0)
             saved = dataclasses.replace(saved, **started, **{schedules[k]: step for k in started})

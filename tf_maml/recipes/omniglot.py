@@ -90,11 +90,13 @@ DEFAULT_PRESET = "5way1shot"
 
 
 def config_for_run(preset: str | None, overrides: dict, workdir: str | None = None,
-                   init_from: str | None = None) -> tuple[OmniglotConfig, str]:
+                   init_from: str | None = None, warm_restart: bool = False) -> tuple[OmniglotConfig, str]:
     """The settings of a training run and its directory (default ``runs/<name>``); an existing run keeps
     its own settings, a run continuing an export (``init_from``) takes the export's (see
     :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused. With no
-    ``preset``, that of the run or export (so resuming a 20-way run needs no ``--preset``), else 5-way 1-shot."""
+    ``preset``, that of the run or export (so resuming a 20-way run needs no ``--preset``), else 5-way 1-shot.
+    ``warm_restart``: the continuation begins the cosine annealing of the meta learning rate again at the export's
+    step, from ``meta_lr`` (an export that anneals otherwise goes on with its own schedule)."""
     preset = preset or _preset_of(workdir, init_from) or DEFAULT_PRESET
     named = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if k in ("ways", "shots")})
     workdir = workdir or os.path.join("runs", named.name)
@@ -102,7 +104,7 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
     # A run going on checks the flags against its own settings (the preset's may not fit them: epoch lengths)
     config = named if continuing else dataclasses.replace(PRESETS[preset], **overrides)
     config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from,
-                                     schedules={"cosine_meta_lr": "cosine_meta_lr_from"})
+                                     schedules={"cosine_meta_lr": "cosine_meta_lr_from"}, restart=warm_restart)
     return config, workdir
 
 
