@@ -3,6 +3,8 @@
     python scripts/eval_rl.py --logdir runs/navigation2d_maml --pretrained-logdir runs/navigation2d_pretrained \
         --tasks 40 --seed 1234 --json results/nav_eval.json --plot results/nav_eval.png
 
+    python scripts/eval_rl.py --export saved_models/navigation2d_meta_policy --tasks 40 --seed 1234
+
 Reports the mean return (and 95% CI over tasks) after 0..``--steps`` policy-gradient steps for the
 MAML policy, the pretrained policy (if given) and a random initialisation. ``--json`` gets
 ``{"returns": [r0, r1, r2, r3], "ci95": [...]}`` for the MAML policy plus the baselines under keys.
@@ -22,7 +24,10 @@ from tf_maml.settings import flag_type, integer, number  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--logdir", required=True, help="MAML-TRPO run directory (config.json + checkpoints)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--logdir", help="MAML-TRPO run directory (config.json + checkpoints)")
+    source.add_argument("--export", help="or a meta-policy export carrying its run's settings (e.g. "
+                                         "saved_models/ant_dir_meta_policy), where the run directory is not")
     p.add_argument("--pretrained-logdir", help="run trained with --inner-steps 0")
     rate = flag_type(number(0, low_open=True), float)
     p.add_argument("--tasks", type=flag_type(integer(1)), default=40)
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     overrides = {} if args.vector_env is None else {"asynchronous": args.vector_env == "async"}
     try:
-        learner = MAMLTRPO.from_logdir(args.logdir, **overrides)
+        learner = (MAMLTRPO.from_export(args.export, **overrides) if args.export
+                   else MAMLTRPO.from_logdir(args.logdir, **overrides))
     except (ValueError, FileNotFoundError) as err:
         p.error(str(err))
     cfg = learner.config

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -91,6 +92,15 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     again = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--steps", "1", "--no-random",
                           "--vector-env", "async"])
     np.testing.assert_allclose(again["returns"], results["returns"], rtol=1e-6)
+    # A meta-policy export evaluates as its run does, where the run directory is not.
+    from tf_maml.rl import export as rl_export
+
+    rl_export.main(["--logdir", str(tmp_path / "maml"), "--base", str(tmp_path / "models"), "--name", "meta",
+                    "--steps", "0"])
+    shipped = eval_rl.main(["--export", str(tmp_path / "models" / "meta"), "--tasks", "2", "--steps", "1",
+                            "--no-random"])
+    np.testing.assert_allclose(shipped["returns"], results["returns"], rtol=1e-6)
+    assert shipped["iteration"] == 1
     # A baseline adapts at its own rate when given one (the paper's code tuned them): the pretrained run then
     # evaluates as it would on its own at that rate.
     tuned = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "pretrained"),
@@ -114,6 +124,13 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "other"),
                       "--tasks", "2", "--steps", "1", "--no-random"])
     assert "hidden: (8,) vs (100, 100)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_rl.main(["--logdir", str(tmp_path / "maml"), "--export", str(tmp_path / "models" / "meta")])
+    assert "not allowed with argument" in capsys.readouterr().err
+    adapted = os.path.join(ROOT, "saved_models", "navigation2d_adapted_policy")
+    with pytest.raises(SystemExit):
+        eval_rl.main(["--export", adapted, "--tasks", "2", "--steps", "1", "--no-random"])
+    assert "is not a meta-policy export carrying its run's settings" in capsys.readouterr().err
 
 
 def test_a_run_keeps_the_env_version_it_was_made_with(tmp_path):
@@ -157,10 +174,15 @@ def test_a_run_continues_from_its_exported_meta_policy_exactly(tmp_path, capsys)
     train_rl.main([*common, "--iterations", "4"])  # the same command again resumes the new run
     assert "resuming from iteration 3" in capsys.readouterr().out
 
-    shipped = os.path.join(ROOT, "saved_models", "navigation2d_meta_policy")
+    older = str(tmp_path / "older" / "1")  # as exports were before they carried their run's settings
+    shutil.copytree(export, older)
+    metadata_path = os.path.join(older, "assets", "tf_maml.json")
+    metadata = json.load(open(metadata_path))
+    del metadata["config"]
+    json.dump(metadata, open(metadata_path, "w"))
     adapted = os.path.join(ROOT, "saved_models", "navigation2d_adapted_policy")
     for flags, says in [(["--init-from", adapted, "--logdir", str(tmp_path / "a")], "not a meta-policy export"),
-                        (["--init-from", shipped, "--logdir", str(tmp_path / "b")], "exported before exports carried"),
+                        (["--init-from", older, "--logdir", str(tmp_path / "b")], "exported before exports carried"),
                         (["--init-from", export, "--logdir", str(tmp_path / "c"), "--meta-batch-size", "4"],
                          r"meta_batch_size: asked 4, run has 2"),
                         (["--init-from", export, "--logdir", str(tmp_path / "run")], "not started from an export")]:

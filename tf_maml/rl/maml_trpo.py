@@ -270,6 +270,18 @@ class MAMLTRPO:
             )
         return cls(dataclasses.replace(config, **overrides), logdir)
 
+    @classmethod
+    def from_export(cls, export: str, **overrides) -> "MAMLTRPO":
+        """The meta-learner of a meta-policy export (``<base>/<name>`` or a version), in memory: its run's
+        settings, policy and iteration, for evaluating a shipped meta-policy where its run directory is not."""
+        learner = cls(dataclasses.replace(exported_run_config(export), **overrides))
+        try:
+            learner.start_from_export(export)
+        except Exception:
+            learner.close()
+            raise
+        return learner
+
     # ---- differentiable pieces (flat θ in, so CG and the line search can work on vectors) ----
 
     def _adapted(self, theta: tf.Tensor, pre: Sequence[PGData]) -> list[tf.Tensor]:
