@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
                       if getattr(pre.config, k) != getattr(cfg, k)}
         if mismatched:
             learner.close()
-            p.error(f"--pretrained-logdir {args.pretrained_logdir} is another problem than --logdir "
+            source = f"--export {args.export}" if args.export else f"--logdir {args.logdir}"
+            p.error(f"--pretrained-logdir {args.pretrained_logdir} is another problem than {source} "
                     + ", ".join(f"({k}: {a!r} vs {b!r})" for k, (a, b) in mismatched.items())
                     + "; pass a pretrained run of the same task family and policy.")
         policies["pretrained"] = policy_params(pre.model)

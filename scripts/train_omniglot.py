@@ -41,8 +41,8 @@ def main() -> None:
                              "meta-steps (default 0: constant); with --init-from, on an export trained at a "
                              "constant rate, from the export's meta-step on")
     parser.add_argument("--warm-restart", action="store_true",
-                        help="with --init-from and --cosine-meta-lr, on an export that annealed already: begin the "
-                             "annealing again at the export's meta-step, from the preset's rate (SGDR's restart)")
+                        help="with --init-from and --cosine-meta-lr: begin the annealing at the export's meta-step "
+                             "even if the export annealed already, from the run's meta_lr (SGDR's warm restart)")
     parser.add_argument("--init-from", metavar="EXPORT",
                         help="continue the run an exported meta-learner came from (e.g. saved_models/"
                              "omniglot_20way1shot): its settings, weights, optimizer state and budget start the new "

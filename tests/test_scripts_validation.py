@@ -125,7 +125,7 @@ def test_meta_steps_off_the_epoch_grid_are_an_argparse_error_in_both_scripts(tmp
 
 
 def test_a_warm_restart_without_an_export_to_continue_is_an_argparse_error(tmp_path, script_error):
-    says = "warm restart begins a schedule (cosine_meta_lr) again at the step of the export a run continues"
+    says = "warm restart begins a schedule (--cosine-meta-lr) again at the step of the export a run continues"
     assert says in script_error("train_omniglot", "--workdir", str(tmp_path / "o"), "--cosine-meta-lr", "1000",
                                 "--warm-restart")
     assert not any(tmp_path.iterdir())

@@ -218,5 +218,17 @@ def test_a_warm_restart_begins_the_annealing_again_at_the_exports_step(tmp_path)
     same = omniglot.config_for_run(None, {"cosine_meta_lr": 2000}, str(tmp_path / "same"), init_from=export)[0]
     assert (same.cosine_meta_lr, same.cosine_meta_lr_from) == (2000, 300)  # without the flag: goes on as it was
     for asked_wrongly, kwargs in [({"cosine_meta_lr": 1000}, {}), ({}, {"init_from": export})]:
-        with pytest.raises(ValueError, match="warm restart begins a schedule .*cosine_meta_lr"):
+        with pytest.raises(ValueError, match="warm restart begins a schedule .*--cosine-meta-lr"):
             omniglot.config_for_run(None, asked_wrongly, str(tmp_path / "bad"), warm_restart=True, **kwargs)
+    with pytest.raises(ValueError, match="trained 2300 meta-steps: a warm restart from there needs more"):
+        omniglot.config_for_run(None, {"cosine_meta_lr": 1000}, str(tmp_path / "bad"), init_from=export,
+                                warm_restart=True)
+    # A continuation that went on with the export's schedule is not restarted by a rerun with the flag.
+    omniglot.training.save_config(same, str(tmp_path / "same"))
+    with open(tmp_path / "same" / "budget.json", "w") as f:
+        json.dump({"initialised_from": os.path.realpath(export)}, f)
+    with pytest.raises(ValueError, match="with the schedule it had .*from meta-step 300.*not a warm restart at its "
+                                         "meta-step 2300"):
+        omniglot.config_for_run(None, {"cosine_meta_lr": 2000}, str(tmp_path / "same"), init_from=export,
+                                warm_restart=True)
+    assert not (tmp_path / "bad").exists()

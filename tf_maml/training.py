@@ -96,21 +96,31 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
     field recording its first meta-step, set here to the export's): it changes only the steps still to come.
     With ``restart`` it may also begin again a schedule its export already ran (a warm restart, as in SGDR).
     """
+    from tf_maml.serving import read_metadata
+
     asked_schedules = [k for k in schedules or {} if overrides.get(k)]
     if restart and (init_from is None or not asked_schedules):
-        raise ValueError(f"A warm restart begins a schedule ({', '.join(schedules or {}) or 'none here'}) again at "
-                         "the step of the export a run continues: give both the export (--init-from) and the "
-                         "schedule's length.")
+        flags = ", ".join("--" + k.replace("_", "-") for k in schedules or {}) or "none here"
+        raise ValueError(f"A warm restart begins a schedule ({flags}) again at the step of the export a run "
+                         "continues: give both the export (--init-from) and the schedule's length.")
     if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
         if init_from is not None:
-            check_continues(workdir, init_from, read_budget(os.path.join(workdir, "budget.json")).get("initialised_from"))
+            recorded = read_budget(os.path.join(workdir, "budget.json")).get("initialised_from")
+            check_continues(workdir, init_from, recorded)
         saved, where = load_config(type(config), workdir), workdir
+        if restart and recorded and os.path.exists(recorded):
+            start = read_metadata(recorded).get("meta_steps_trained")
+            kept = [f"{k} from meta-step {getattr(saved, schedules[k])}" for k in asked_schedules
+                    if getattr(saved, schedules[k]) != start]
+            if kept:
+                raise ValueError(f"{workdir} continues {recorded} with the schedule it had ({', '.join(kept)}), not "
+                                 f"a warm restart at its meta-step {start}: drop --warm-restart to resume this run, "
+                                 "or begin the restart in a new directory.")
     elif init_from is not None:
-        from tf_maml.serving import read_metadata
-
         where = f"{init_from} (the export --init-from continues)"
         metadata = read_metadata(init_from)
         saved = config_from_dict(type(config), metadata.get("config"), f"the metadata of {init_from}")
+        step = metadata.get("meta_steps_trained", 0)
         started = {k: overrides[k] for k in asked_schedules if restart or not getattr(saved, k)}
         running = [f"{k} = {getattr(saved, k)} from meta-step {getattr(saved, schedules[k])}"
                    for k in asked_schedules if k not in started and getattr(saved, k) != overrides[k]]
@@ -118,8 +128,10 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
             raise ValueError(f"{init_from} was trained with {', '.join(running)}: a continuation goes on with that "
                              "schedule; to begin it again at the export's step, ask for a warm restart "
                              "(--warm-restart).")
+        if restart and overrides.get("meta_steps", saved.meta_steps) <= step:
+            raise ValueError(f"{init_from} was trained {step} meta-steps: a warm restart from there needs more "
+                             f"(--meta-steps above {step}, e.g. {step} + the schedule's length).")
         if started:
-            step = metadata.get("meta_steps_trained", 0)
             saved = dataclasses.replace(saved, **started, **{schedules[k]: step for k in started})
     else:
         return config
