@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-traj", type=flag_type(integer(1)),
                    help="episodes per task and adaptation step (default: 4,000 steps' worth, as in the paper's "
                         "evaluation code: 40 for navigation, 20 for MuJoCo)")
+    p.add_argument("--sample-budget", choices=["episodes", "steps"], default="episodes",
+                   help="--n-traj whole episodes per task and step (default), or --n-traj × horizon steps of whole "
+                        "episodes, as the paper's evaluation code sampled (rllab): episodes that end early, at a "
+                        "goal or by falling, are more of the sample and weigh more in the mean return")
     p.add_argument("--steps", type=flag_type(integer(0)), default=3)
     p.add_argument("--fast-lr", type=rate, help="first adaptation step's rate (default: the run's fast_lr)")
     p.add_argument("--later-ratio", type=rate, default=0.5,
@@ -100,14 +104,16 @@ def main(argv: list[str] | None = None) -> dict:
         rand = build_policy(sampler.obs_dim, sampler.act_dim, cfg.hidden, seed=args.seed + 1)
         policies["random"] = policy_params(rand)
 
-    results: dict = {"env_id": cfg.env_id, "tasks": args.tasks, "n_traj": args.n_traj, "fast_lr": fast_lr,
+    results: dict = {"env_id": cfg.env_id, "tasks": args.tasks, "n_traj": args.n_traj,
+                     "sample_budget": args.sample_budget, "fast_lr": fast_lr,
                      "later_lr": later_lr, "seed": args.seed, "iteration": int(learner.iteration.numpy())}
     own_rate = {"pretrained": args.pretrained_fast_lr, "random": args.random_fast_lr}
     for name, params in policies.items():
         first = fast_lr if own_rate.get(name) is None else own_rate[name]
         later = later_lr if own_rate.get(name) is None else first * args.later_ratio
         per_task = adaptation_returns(learner.model, params, sampler, tasks, args.n_traj, first, args.steps,
-                                      seed=args.seed, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, later_lr=later)
+                                      seed=args.seed, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, later_lr=later,
+                                      budget=args.sample_budget)
         mean, ci = mean_ci95(per_task)
         results[name] = {"returns": [float(x) for x in mean], "ci95": [float(x) for x in ci], "fast_lr": first,
                          "later_lr": later}

@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--logdir", required=True)
     p.add_argument("--meta-batch-size", type=int)
     p.add_argument("--n-traj", type=int)
+    p.add_argument("--sample-budget", choices=["episodes", "steps"],
+                   help="--n-traj whole episodes per task (default), or --n-traj × horizon steps of whole episodes "
+                        "as rllab and the paper's code sampled (episodes that end early count more)")
     p.add_argument("--fast-lr", type=float)
     p.add_argument("--inner-steps", type=int)
     p.add_argument("--first-order", action="store_true", default=None)
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = dict(
         meta_batch_size=args.meta_batch_size,
         n_traj=args.n_traj,
+        sample_budget=args.sample_budget,
         fast_lr=args.fast_lr,
         inner_steps=args.inner_steps,
         first_order=args.first_order,

@@ -96,6 +96,40 @@ def test_sampler_shapes_rewards_and_seeds(num_envs):
     sampler.close()
 
 
+@pytest.mark.parametrize("num_envs", [6, 2])
+def test_step_budget_keeps_whole_episodes_and_favours_the_short_ones(num_envs):
+    """rllab's protocol: n_traj × horizon steps of whole episodes per task, so a task whose episodes end
+    at once gets many (here 300 one-step episodes), one whose episodes run the horizon gets n_traj."""
+    model = build_policy(2, 2, seed=0)
+    params = policy_params(model)
+    params[-3], params[-2] = tf.zeros_like(params[-3]), tf.zeros_like(params[-2])  # mean action 0 ...
+    params[-1] = tf.fill(params[-1].shape, -20.0)  # ... and std 1e-6: the point stays at the origin
+    sampler = Sampler("tf_maml/Navigation2D-v0", model, num_envs=num_envs)
+    tasks = [{"goal": [0.005, 0.0]}, {"goal": [0.4, -0.3]}]  # reached at the first step / never
+    steps = sampler.sample(params, tasks, n_traj=3, seed=0, budget="steps")
+    assert steps.episodes().sum(axis=-1).tolist() == [300, 3] and steps.obs.shape == (2, 300, 100, 2)
+    np.testing.assert_array_equal(steps.mask.sum(axis=(1, 2)), [300, 300])
+    np.testing.assert_allclose(steps.task_returns(), [-0.005, -50.0], rtol=1e-4)  # padding is not averaged
+    assert steps.mean_return() == pytest.approx((300 * -0.005 - 3 * 50.0) / 303, rel=1e-4)
+    episodes = sampler.sample(params, tasks, n_traj=3, seed=0)
+    assert episodes.obs.shape == (2, 3, 100, 2) and episodes.episodes().all()
+    np.testing.assert_allclose(episodes.task_returns(), [-0.005, -50.0], rtol=1e-4)
+    # a random policy: at least n_traj × horizon steps per task, of episodes that ended (goal or horizon)
+    batch = sampler.sample(policy_params(model), sampler.sample_tasks(3, seed=1), n_traj=3, seed=2, budget="steps")
+    lengths = batch.mask.sum(axis=-1)
+    real = batch.episodes()
+    assert (lengths.sum(axis=-1) >= 300).all() and (lengths.sum(axis=-1) < 300 + 3 * 100).all()
+    assert (np.diff(batch.mask, axis=-1) <= 0).all() and (lengths[~real] == 0).all()
+    goals = np.array([t["goal"] for t in batch.tasks])[:, None, :]
+    for i, j in zip(*np.nonzero(real & (lengths < 100))):  # an early end is a goal reached
+        n = int(lengths[i, j])
+        end = batch.obs[i, j, n - 1] + np.clip(0.1 * batch.actions[i, j, n - 1], -0.1, 0.1)
+        assert (np.abs(end - goals[i, 0]) < 0.01).all()
+    with pytest.raises(ValueError, match="budget='time'"):
+        sampler.sample(params, tasks, n_traj=3, seed=0, budget="time")
+    sampler.close()
+
+
 def test_sampler_async_mujoco_with_termination():
     model = build_policy(105, 8, seed=0, init_log_std=1.5)  # wild actions make the Ant fall over
     sampler = Sampler("tf_maml/AntDir-v0", model, num_envs=2)

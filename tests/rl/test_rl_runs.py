@@ -120,6 +120,11 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     with pytest.raises(SystemExit):
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--random-fast-lr", "0.1", "--no-random"])
     assert "which --no-random leaves out" in capsys.readouterr().err
+    # The paper's code sampled a step budget (rllab): same policy, same first batch size, other episodes.
+    budget = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--steps", "1", "--no-random",
+                           "--sample-budget", "steps"])
+    assert budget["sample_budget"] == "steps" and all(np.isfinite(budget["returns"]))
+    assert not np.allclose(budget["returns"], results["returns"])
     with pytest.raises(SystemExit):
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "other"),
                       "--tasks", "2", "--steps", "1", "--no-random"])

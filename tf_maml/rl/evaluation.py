@@ -47,16 +47,19 @@ def adaptation_returns(
     gae_lambda: float = 1.0,
     return_params: bool = False,
     later_lr: float | None = None,
+    budget: str = "episodes",
 ):
     """Per-task mean returns ``[steps + 1, T]`` after 0..steps adaptation steps (and the final params).
 
-    Step 1 uses ``fast_lr``, steps 2.. use ``later_lr`` (default: ``fast_lr``).
+    Step 1 uses ``fast_lr``, steps 2.. use ``later_lr`` (default: ``fast_lr``). ``budget="steps"`` samples
+    as the paper's evaluation code did (:meth:`Sampler.sample`): ``n_traj × horizon`` steps of whole
+    episodes per task, episodes that end early weighing more in the mean.
     """
     adapter = Adapter(model, fast_lr)
     stacked = tile_params(params, len(tasks))
     returns = []
     for k in range(steps + 1):
-        batch = sampler.sample(stacked, tasks, n_traj, seed=seed * 1000 + k, per_task_params=True)
+        batch = sampler.sample(stacked, tasks, n_traj, seed=seed * 1000 + k, per_task_params=True, budget=budget)
         returns.append(batch.task_returns())
         if k < steps:
             lr = fast_lr if k == 0 or later_lr is None else later_lr

@@ -27,7 +27,7 @@ from tf_maml.inner_loop import adapt
 from tf_maml.rl.advantages import task_advantages
 from tf_maml.rl.envs import env_family
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
-from tf_maml.rl.sampler import Sampler, TrajectoryBatch
+from tf_maml.rl.sampler import BUDGETS, Sampler, TrajectoryBatch
 from tf_maml.rl.trpo import backtracking_line_search, flatten, natural_gradient, unflatten
 from tf_maml.serving import read_metadata, resolve_version_dir
 from tf_maml.settings import BOOLEAN, Rule, check_settings, each, integer, number, one_of, optional
@@ -91,6 +91,9 @@ class MAMLTRPOConfig:
     env_id: str = "tf_maml/Navigation2D-v0"
     meta_batch_size: int = 20
     n_traj: int = 20
+    # "episodes": n_traj whole episodes per task; "steps": rllab's fixed step budget, as the paper's code
+    # sampled (Sampler.sample), which favours episodes that end early
+    sample_budget: str = "episodes"
     fast_lr: float = 0.1
     # 0 = plain TRPO on the task mixture (the "pretrained" baseline); each step samples its own trajectories.
     inner_steps: int = 1
@@ -114,7 +117,8 @@ class MAMLTRPOConfig:
     RUN_KIND: ClassVar[str] = "a MAML-TRPO run (scripts/train_rl.py)"
     RULES: ClassVar[dict[str, Rule]] = {
         "env_id": Rule(lambda v: isinstance(v, str) and bool(v), "a non-empty environment id"),
-        "meta_batch_size": integer(1), "n_traj": integer(1), "fast_lr": number(0, low_open=True),
+        "meta_batch_size": integer(1), "n_traj": integer(1), "sample_budget": one_of(*BUDGETS),
+        "fast_lr": number(0, low_open=True),
         "inner_steps": integer(0), "first_order": BOOLEAN, "gamma": number(0, 1), "gae_lambda": number(0, 1),
         "max_kl": number(0, low_open=True), "cg_iters": integer(1), "cg_damping": number(0), "ls_steps": integer(1),
         "ls_ratio": number(0, 1, low_open=True, high_open=True), "hidden": each(integer(1)), "num_envs": integer(1),
@@ -362,7 +366,7 @@ class MAMLTRPO:
         params, adapted_per_task = policy_params(self.model), False
         for k in range(c.inner_steps):
             batch = self.sampler.sample(params, tasks, c.n_traj, _seed(c.seed, iteration, 1 if k == 0 else 2 + k),
-                                        per_task_params=adapted_per_task)
+                                        per_task_params=adapted_per_task, budget=c.sample_budget)
             which = "pre-update" if k == 0 else f"step-{k + 1}"
             self._check_finite(iteration + 1, {f"{which} rewards": batch.rewards})
             pre.append(to_pg_data(batch, c.gamma, c.gae_lambda))
@@ -371,7 +375,7 @@ class MAMLTRPO:
             params, adapted_per_task = self._one_more_step_fn(start, pre[-1]), True
             self._check_finite(iteration + 1, {"adapted parameters": flatten(params).numpy()})
         post_batch = self.sampler.sample(params, tasks, c.n_traj, _seed(c.seed, iteration, 2),
-                                         per_task_params=adapted_per_task)
+                                         per_task_params=adapted_per_task, budget=c.sample_budget)
         self._check_finite(iteration + 1, {"post-update rewards": post_batch.rewards})
         post = to_pg_data(post_batch, c.gamma, c.gae_lambda)
         return tasks, (post_batch if pre_batch is None else pre_batch), tuple(pre), post_batch, post

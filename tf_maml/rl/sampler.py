@@ -21,6 +21,8 @@ from tf_maml.rl.envs.base import Task
 from tf_maml.rl.policy import distribution, sample_actions
 
 CHEAP_ENVS = ("tf_maml/Navigation2D-v0",)
+BUDGETS = ("episodes", "steps")
+Episode = tuple[np.ndarray, np.ndarray, np.ndarray]  # observations, actions, rewards of the steps it had
 
 
 @dataclass
@@ -35,15 +37,21 @@ class TrajectoryBatch:
     tasks: list[Task] = field(default_factory=list)
 
     def episode_returns(self) -> np.ndarray:
-        """Undiscounted return of every episode, ``[T, N]``."""
+        """Undiscounted return of every episode, ``[T, N]`` (0 for padding, see :meth:`episodes`)."""
         return (self.rewards * self.mask).sum(axis=-1)
 
+    def episodes(self) -> np.ndarray:
+        """Which of the ``[T, N]`` slots hold an episode: with ``budget="steps"`` tasks differ in count."""
+        return self.mask[..., 0] > 0
+
     def task_returns(self) -> np.ndarray:
-        """Mean undiscounted return per task, ``[T]``."""
-        return self.episode_returns().mean(axis=-1)
+        """Mean undiscounted return per task over its episodes, ``[T]``."""
+        real = self.episodes()
+        return (self.episode_returns() * real).sum(axis=-1) / np.maximum(real.sum(axis=-1), 1)
 
     def mean_return(self) -> float:
-        return float(self.episode_returns().mean())
+        """Mean over all episodes (rllab's AverageReturn)."""
+        return float(self.episode_returns()[self.episodes()].mean())
 
     @property
     def env_steps(self) -> int:
@@ -98,7 +106,8 @@ class Sampler:
             self.close()
             fns = [functools.partial(make_policy_env, self.env_id) for _ in range(size)]
             cls = gym.vector.AsyncVectorEnv if self.asynchronous else gym.vector.SyncVectorEnv
-            self._envs = cls(fns)
+            # a finished env resets within the same step, so "steps" sampling runs episodes back to back
+            self._envs = cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         return self._envs
 
     def close(self) -> None:
@@ -118,18 +127,26 @@ class Sampler:
         n_traj: int,
         seed: int,
         per_task_params: bool = False,
+        budget: str = "episodes",
     ) -> TrajectoryBatch:
-        """Sample; ``params`` is one parameter list, or with ``per_task_params`` stacked ``[T, ...]``."""
+        """Sample; ``params`` is one parameter list, or with ``per_task_params`` stacked ``[T, ...]``.
+
+        ``budget="episodes"``: exactly ``n_traj`` whole episodes per task. ``budget="steps"``: the protocol of
+        rllab's samplers, which the MAML paper's code trained and evaluated with: ``n_traj`` envs per task run
+        episodes back to back, finished episodes are kept until they hold ``n_traj × horizon`` steps and the
+        unfinished ones are dropped. Tasks whose episodes end early (at a goal, or by falling) then get more,
+        shorter episodes, and averages over episodes weigh those more (episodes are padded with empty ones,
+        ``mask`` 0, to the largest count).
+        """
+        if budget not in BUDGETS:
+            raise ValueError(f"budget={budget!r}: pass one of {BUDGETS}.")
         n_tasks, horizon = len(tasks), self.horizon
         if not per_task_params:
             params = [tf.convert_to_tensor(p)[None] for p in params]
         tasks_per_wave, share = _wave_layout(n_tasks, n_traj, self.num_envs)
         wave_size = tasks_per_wave * share
         envs = self._vector_env(wave_size)
-        obs_out = np.zeros((n_tasks, n_traj, horizon, self.obs_dim), np.float32)
-        act_out = np.zeros((n_tasks, n_traj, horizon, self.act_dim), np.float32)
-        rew_out = np.zeros((n_tasks, n_traj, horizon), np.float32)
-        mask_out = np.zeros((n_tasks, n_traj, horizon), np.float32)
+        episodes: list[list[Episode]] = [[] for _ in range(n_tasks)]
         waves = [
             (t0, j0)
             for t0 in range(0, n_tasks, tasks_per_wave)
@@ -140,40 +157,76 @@ class Sampler:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(waves) * horizon, desc="sampling", leave=False)
-        for w, (t0, j0) in enumerate(waves):
+        for w, (t0, _) in enumerate(waves):
             task_ids = [min(t0 + i, n_tasks - 1) for i in range(tasks_per_wave)]  # last wave: pad
             wave_params = [tf.gather(p, task_ids) if per_task_params else p for p in params]
             if not per_task_params:
                 wave_params = [tf.repeat(p, tasks_per_wave, axis=0) for p in wave_params]
             envs.set_attr("task", [tasks[i] for i in task_ids for _ in range(share)])
             env_seeds = [int(seed) * 1_000_003 + (w * wave_size + e) for e in range(wave_size)]
-            obs, _ = envs.reset(seed=env_seeds)
-            alive = np.ones(wave_size, dtype=bool)
-            ob = np.zeros((wave_size, horizon, self.obs_dim), np.float32)
-            ac = np.zeros((wave_size, horizon, self.act_dim), np.float32)
-            rw = np.zeros((wave_size, horizon), np.float32)
-            mk = np.zeros((wave_size, horizon), np.float32)
-            for t in range(horizon):
-                obs = np.asarray(obs, np.float32).reshape(wave_size, self.obs_dim)
-                step_seed = tf.constant([int(seed) % (2**31), w * horizon + t], tf.int32)
-                actions = self._act(wave_params, obs.reshape(tasks_per_wave, share, self.obs_dim), step_seed)
-                actions = actions.numpy().reshape(wave_size, self.act_dim)
-                ob[:, t], ac[:, t], mk[:, t] = obs, actions, alive
-                obs, rewards, terminated, truncated, _ = envs.step(actions)
-                rw[:, t] = np.where(alive, rewards, 0.0)
-                alive &= ~(np.asarray(terminated) | np.asarray(truncated))
-                if bar is not None:
-                    bar.update(1)
-                if not alive.any():
-                    break
+            kept = self._run_wave(envs, wave_params, env_seeds, share, seed, w, budget, bar)
             for i in range(tasks_per_wave):
-                if t0 + i >= n_tasks:
-                    break
-                sl = slice(i * share, (i + 1) * share)
-                obs_out[t0 + i, j0 : j0 + share] = ob[sl]
-                act_out[t0 + i, j0 : j0 + share] = ac[sl]
-                rew_out[t0 + i, j0 : j0 + share] = rw[sl]
-                mask_out[t0 + i, j0 : j0 + share] = mk[sl]
+                if t0 + i < n_tasks:
+                    episodes[t0 + i].extend(kept[i])
         if bar is not None:
             bar.close()
-        return TrajectoryBatch(obs_out, act_out, rew_out, mask_out, list(tasks))
+        return _padded(episodes, horizon, self.obs_dim, self.act_dim, tasks)
+
+    def _run_wave(self, envs, wave_params, env_seeds: list[int], share: int, seed: int, wave: int, budget: str,
+                  bar) -> list[list[Episode]]:
+        """The finished episodes of each group of ``share`` envs (one task's), in env order.
+
+        Each env records one episode in "episodes" mode; in "steps" mode it starts another while its group
+        holds fewer than ``share × horizon`` finished steps, so every group is done within 2 × horizon steps.
+        """
+        horizon, size = self.horizon, len(env_seeds)
+        groups = size // share
+        max_steps = horizon if budget == "episodes" else 2 * horizon
+        group = np.repeat(np.arange(groups), share)
+        kept: list[list[tuple[int, Episode]]] = [[] for _ in range(groups)]
+        kept_steps = np.zeros(groups, dtype=np.int64)
+        recording = np.ones(size, dtype=bool)
+        length = np.zeros(size, dtype=np.int64)
+        ob = np.zeros((size, horizon, self.obs_dim), np.float32)
+        ac = np.zeros((size, horizon, self.act_dim), np.float32)
+        rw = np.zeros((size, horizon), np.float32)
+        rows = np.arange(size)
+        obs, _ = envs.reset(seed=env_seeds)
+        for t in range(max_steps):
+            obs = np.asarray(obs, np.float32).reshape(size, self.obs_dim)
+            step_seed = tf.constant([int(seed) % (2**31), wave * max_steps + t], tf.int32)
+            actions = self._act(wave_params, obs.reshape(groups, share, self.obs_dim), step_seed)
+            actions = actions.numpy().reshape(size, self.act_dim)
+            pos = np.minimum(length, horizon - 1)
+            ob[rows, pos], ac[rows, pos] = obs, actions
+            obs, rewards, terminated, truncated, _ = envs.step(actions)  # finished envs reset at once
+            rw[rows, pos] = rewards
+            length += 1
+            for e in np.flatnonzero(np.asarray(terminated) | np.asarray(truncated)):
+                g = group[e]
+                if recording[e]:
+                    n = length[e]
+                    kept[g].append((e, (ob[e, :n].copy(), ac[e, :n].copy(), rw[e, :n].copy())))
+                    kept_steps[g] += n
+                    recording[e] = budget == "steps"
+                length[e] = 0
+            recording &= kept_steps[group] < share * horizon  # a spent budget drops the unfinished episodes
+            if bar is not None and t < horizon:
+                bar.update(1)
+            if not recording.any():
+                break
+        return [[episode for _, episode in sorted(k, key=lambda item: item[0])] for k in kept]
+
+
+def _padded(episodes: list[list[Episode]], horizon: int, obs_dim: int, act_dim: int, tasks: Sequence[Task]) -> TrajectoryBatch:
+    """Stack per-task lists of ``(obs, actions, rewards)`` episodes into a padded batch."""
+    n_tasks, n_max = len(episodes), max(len(e) for e in episodes)
+    obs = np.zeros((n_tasks, n_max, horizon, obs_dim), np.float32)
+    actions = np.zeros((n_tasks, n_max, horizon, act_dim), np.float32)
+    rewards = np.zeros((n_tasks, n_max, horizon), np.float32)
+    mask = np.zeros((n_tasks, n_max, horizon), np.float32)
+    for i, task_episodes in enumerate(episodes):
+        for j, (o, a, r) in enumerate(task_episodes):
+            n = len(r)
+            obs[i, j, :n], actions[i, j, :n], rewards[i, j, :n], mask[i, j, :n] = o, a, r, 1.0
+    return TrajectoryBatch(obs, actions, rewards, mask, list(tasks))
