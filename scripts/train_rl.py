@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--meta-batch-size", type=int)
     p.add_argument("--n-traj", type=int)
     p.add_argument("--sample-budget", choices=["episodes", "steps"],
-                   help="--n-traj whole episodes per task (default), or --n-traj × horizon steps of whole episodes "
-                        "as rllab and the paper's code sampled (episodes that end early count more)")
+                   help="--n-traj whole episodes per task (default), or --n-traj × horizon steps of whole episodes, "
+                        "a step budget as rllab kept (episodes that end early count more)")
     p.add_argument("--fast-lr", type=float)
     p.add_argument("--inner-steps", type=int)
     p.add_argument("--first-order", action="store_true", default=None)

@@ -125,6 +125,13 @@ def test_step_budget_keeps_whole_episodes_and_favours_the_short_ones(num_envs):
         n = int(lengths[i, j])
         end = batch.obs[i, j, n - 1] + np.clip(0.1 * batch.actions[i, j, n - 1], -0.1, 0.1)
         assert (np.abs(end - goals[i, 0]) < 0.01).all()
+    # every kept episode, first or later in its env, starts at the origin and moves as the actions say
+    valid = batch.mask > 0
+    assert (batch.obs[real][:, 0] == 0).all()
+    pos = batch.obs + np.clip(0.1 * batch.actions, -0.1, 0.1)
+    np.testing.assert_allclose(batch.rewards[valid], -np.linalg.norm(pos - goals[:, None], axis=-1)[valid], atol=1e-5)
+    moved = valid[:, :, 1:]
+    np.testing.assert_allclose(batch.obs[:, :, 1:][moved], pos[:, :, :-1][moved], atol=1e-5)
     with pytest.raises(ValueError, match="budget='time'"):
         sampler.sample(params, tasks, n_traj=3, seed=0, budget="time")
     sampler.close()

@@ -28,7 +28,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8), logdir).close()
     for flags, says in [(["--env", "halfcheetah-dir"], r"env_id: asked 'tf_maml/HalfCheetahDir-v0', run has 'tf_maml/Navigation2D-v0'"),
-                        (["--env", "navigation2d", "--meta-batch-size", "4"], r"meta_batch_size: asked 4, run has 2")]:
+                        (["--env", "navigation2d", "--meta-batch-size", "4"], r"meta_batch_size: asked 4, run has 2"),
+                        (["--env", "navigation2d", "--sample-budget", "steps"], r"sample_budget: asked 'steps', run has 'episodes'")]:
         with pytest.raises(SystemExit):
             train_rl.main([*flags, "--iterations", "1", "--logdir", logdir])
         assert re.search(says, capsys.readouterr().err)
@@ -120,11 +121,11 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     with pytest.raises(SystemExit):
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--random-fast-lr", "0.1", "--no-random"])
     assert "which --no-random leaves out" in capsys.readouterr().err
-    # The paper's code sampled a step budget (rllab): same policy, same first batch size, other episodes.
+    # The paper's evaluation code sampled a step budget (rllab); the choice is recorded with the figures.
     budget = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--steps", "1", "--no-random",
                            "--sample-budget", "steps"])
-    assert budget["sample_budget"] == "steps" and all(np.isfinite(budget["returns"]))
-    assert not np.allclose(budget["returns"], results["returns"])
+    assert budget["sample_budget"] == "steps" and results["sample_budget"] == "episodes"
+    assert all(np.isfinite(budget["returns"]))
     with pytest.raises(SystemExit):
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "other"),
                       "--tasks", "2", "--steps", "1", "--no-random"])
@@ -136,6 +137,25 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     with pytest.raises(SystemExit):
         eval_rl.main(["--export", adapted, "--tasks", "2", "--steps", "1", "--no-random"])
     assert "is not a meta-policy export carrying its run's settings" in capsys.readouterr().err
+
+
+def test_a_step_budget_run_trains_and_older_runs_keep_whole_episodes(tmp_path):
+    learner = MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=4, sample_budget="steps"),
+                       str(tmp_path / "steps"))
+    metrics = learner.step()
+    assert np.isfinite([metrics["return_pre"], metrics["return_post"], metrics["kl"]]).all()
+    assert metrics["kl"] <= learner.config.max_kl
+    learner.close()
+    # runs written before the setting existed sampled whole episodes, and resume so
+    saved = json.loads(preset("navigation2d").to_json())
+    del saved["sample_budget"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    from tf_maml import training
+    from tf_maml.rl.maml_trpo import MAMLTRPOConfig
+
+    assert training.load_config(MAMLTRPOConfig, str(tmp_path)).sample_budget == "episodes"
+    with pytest.raises(ValueError, match="sample_budget"):
+        preset("navigation2d", sample_budget="time")
 
 
 def test_a_run_keeps_the_env_version_it_was_made_with(tmp_path):

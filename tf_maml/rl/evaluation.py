@@ -1,6 +1,7 @@
 """The paper's adaptation protocol (Figure 5): return after 0, 1, 2, … policy-gradient steps on new tasks.
 
-Step k samples ``n_traj`` episodes per task with the current per-task policy, records their mean
+Step k samples ``n_traj`` episodes per task (or, with ``budget="steps"``, ``n_traj × horizon`` steps of them
+as the paper's evaluation code did: :meth:`Sampler.sample`) with the current per-task policy, records their mean
 return, then takes one vanilla policy-gradient step on them (the meta-training inner update). The
 first step uses the meta-training fast learning rate; later steps may use another (``later_lr``): the
 paper's 2D-navigation evaluation (cbfinn/maml_rl, ``test_maml_point.py``) halves it after the first.

@@ -91,8 +91,8 @@ class MAMLTRPOConfig:
     env_id: str = "tf_maml/Navigation2D-v0"
     meta_batch_size: int = 20
     n_traj: int = 20
-    # "episodes": n_traj whole episodes per task; "steps": rllab's fixed step budget, as the paper's code
-    # sampled (Sampler.sample), which favours episodes that end early
+    # "episodes": n_traj whole episodes per task; "steps": n_traj × horizon steps of them, an rllab-style
+    # step budget (Sampler.sample), which favours episodes that end early
     sample_budget: str = "episodes"
     fast_lr: float = 0.1
     # 0 = plain TRPO on the task mixture (the "pretrained" baseline); each step samples its own trajectories.

@@ -67,7 +67,8 @@ def _wave_layout(n_tasks: int, n_traj: int, num_envs: int) -> tuple[int, int]:
 
 
 class Sampler:
-    """Samples ``n_traj`` episodes for each task with a (per-task) Gaussian policy.
+    """Samples ``n_traj`` episodes, or ``n_traj × horizon`` steps of episodes, for each task with a (per-task)
+    Gaussian policy.
 
     ``asynchronous=None`` picks ``SyncVectorEnv`` for cheap envs (Navigation2D) and
     ``AsyncVectorEnv`` (one worker process per env) for MuJoCo. Results depend only on ``seed``.
@@ -131,12 +132,15 @@ class Sampler:
     ) -> TrajectoryBatch:
         """Sample; ``params`` is one parameter list, or with ``per_task_params`` stacked ``[T, ...]``.
 
-        ``budget="episodes"``: exactly ``n_traj`` whole episodes per task. ``budget="steps"``: the protocol of
-        rllab's samplers, which the MAML paper's code trained and evaluated with: ``n_traj`` envs per task run
-        episodes back to back, finished episodes are kept until they hold ``n_traj × horizon`` steps and the
-        unfinished ones are dropped. Tasks whose episodes end early (at a goal, or by falling) then get more,
-        shorter episodes, and averages over episodes weigh those more (episodes are padded with empty ones,
-        ``mask`` 0, to the largest count).
+        ``budget="episodes"``: exactly ``n_traj`` whole episodes per task. ``budget="steps"``: a step budget as
+        rllab's vectorized sampler kept one: ``n_traj`` envs per task run episodes back to back, finished
+        episodes are kept until they hold ``n_traj × horizon`` steps, the unfinished ones are dropped (per wave,
+        where a task's envs span several). Tasks whose episodes end early (at a goal, or by falling) then get
+        more, shorter episodes, and averages over episodes weigh those more. That is the paper's evaluation
+        code exactly (one task, 40 envs, 4,000 steps); its training ran one env per task on a budget shared by
+        the meta-batch, which drops one unfinished episode per task, not ``n_traj``, so favours short ones less.
+        Episodes are padded with empty ones (``mask`` 0) to the largest count, which costs compute where
+        counts differ much.
         """
         if budget not in BUDGETS:
             raise ValueError(f"budget={budget!r}: pass one of {BUDGETS}.")
