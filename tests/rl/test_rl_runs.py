@@ -29,7 +29,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
     MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8), logdir).close()
     for flags, says in [(["--env", "halfcheetah-dir"], r"env_id: asked 'tf_maml/HalfCheetahDir-v0', run has 'tf_maml/Navigation2D-v0'"),
                         (["--env", "navigation2d", "--meta-batch-size", "4"], r"meta_batch_size: asked 4, run has 2"),
-                        (["--env", "navigation2d", "--sample-budget", "steps"], r"sample_budget: asked 'steps', run has 'episodes'")]:
+                        (["--env", "navigation2d", "--sample-budget", "episodes"], r"sample_budget: asked 'episodes', run has 'steps'")]:
         with pytest.raises(SystemExit):
             train_rl.main([*flags, "--iterations", "1", "--logdir", logdir])
         assert re.search(says, capsys.readouterr().err)

@@ -198,9 +198,28 @@ class MAMLTRPO:
                 self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             self.writer = tf.summary.create_file_writer(os.path.join(logdir, "tensorboard"))
         self._like = policy_params(self.model)
-        self._one_more_step_fn = tf.function(self._one_more_step, reduce_retracing=True)
-        self._loss_kl_fn = tf.function(self._loss_kl, reduce_retracing=True)
-        self._natural_gradient_fn = tf.function(self._natural_gradient, reduce_retracing=True)
+        # One graph per function whatever the batch's episode count (it varies with a step budget): a resumed
+        # run then computes its updates with the very graph the interrupted one used, so resumes are exact.
+        stacked, theta, data, dist = self._signatures()
+        pre = (data,) * config.inner_steps
+        self._one_more_step_fn = tf.function(self._one_more_step, input_signature=[stacked, data])
+        self._loss_kl_fn = tf.function(self._loss_kl, input_signature=[theta, pre, data, dist, dist])
+        self._natural_gradient_fn = tf.function(self._natural_gradient, input_signature=[theta, pre, data])
+
+    def _signatures(self):
+        """Specs of per-task parameters, θ, a batch (:class:`PGData`) and a distribution parameter, for
+        ``meta_batch_size`` tasks and any number of episodes per task."""
+        t, h = self.config.meta_batch_size, self.sampler.horizon
+        dtype = self._like[0].dtype
+        stacked = [tf.TensorSpec([t, *p.shape], dtype) for p in self._like]
+        theta = tf.TensorSpec([sum(int(np.prod(p.shape)) for p in self._like)], dtype)
+        data = PGData(
+            obs=tf.TensorSpec([t, None, h, self.sampler.obs_dim], dtype),
+            actions=tf.TensorSpec([t, None, h, self.sampler.act_dim], dtype),
+            advantages=tf.TensorSpec([t, None, h], dtype),
+            mask=tf.TensorSpec([t, None, h], dtype),
+        )
+        return stacked, theta, data, tf.TensorSpec([t, None, h, self.sampler.act_dim], dtype)
 
     @classmethod
     def for_run(cls, config: MAMLTRPOConfig, logdir: str, asked: dict, progress: bool = False,
