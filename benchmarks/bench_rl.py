@@ -3,6 +3,7 @@
     python benchmarks/bench_rl.py            # paper-sized Navigation2D (20 tasks × 20 episodes) + HalfCheetah
     python benchmarks/bench_rl.py --quick    # tiny sizes, for the test suite
     python benchmarks/bench_rl.py --vector-envs   # MuJoCo: subprocess vs in-process vector envs
+    python benchmarks/bench_rl.py --packing saved_models/navigation2d_meta_policy   # padded vs packed update
 
 Meta-iteration time is measured for both ways of handling the task axis (``vectorized_map`` vs an
 unrolled loop), excluding the first (tracing) iteration, which is reported separately.
@@ -60,15 +61,57 @@ def bench_meta_iteration(env: str, iterations: int, vectorize: bool, **overrides
             "seconds_per_meta_iteration": sum(times) / len(times), "sampling_s": sum(sampling) / len(sampling)}
 
 
+def bench_packing(export: str, repeats: int) -> dict:
+    """The meta-update (natural gradient + line search) on one step-budget meta-batch, laid out one episode
+    per row (padded) and packed (:func:`tf_maml.rl.maml_trpo.pack_rows`), from the same θ, alternating."""
+    import numpy as np
+
+    from tf_maml.rl.maml_trpo import MAMLTRPO, to_pg_data
+
+    learner = MAMLTRPO.from_export(export)
+    c = learner.config
+    if c.inner_steps != 1:
+        raise SystemExit(f"--packing times one-inner-step runs; {export} was trained with {c.inner_steps}.")
+    it = int(learner.iteration.numpy())
+    _, pre_batch, _, post_batch, _ = learner.sample_meta_batch(it)
+    layouts = {pack: ((to_pg_data(pre_batch, c.gamma, c.gae_lambda, pack=pack),),
+                      to_pg_data(post_batch, c.gamma, c.gae_lambda, pack=pack)) for pack in (False, True)}
+    theta = learner.theta()
+    times: dict[bool, list[float]] = {False: [], True: []}
+    result: dict[bool, np.ndarray] = {}
+    for r in range(repeats + 1):  # the first round traces
+        for pack, (pre, post) in layouts.items():
+            learner.set_theta(theta)
+            t0 = time.perf_counter()
+            learner.meta_update(pre, post, it + 1)
+            if r:
+                times[pack].append(time.perf_counter() - t0)
+            result[pack] = learner.theta().numpy()
+    learner.close()
+    padded_s, packed_s = (float(np.median(times[p])) for p in (False, True))
+    return {"bench": "packing", "export": export, "sample_budget": c.sample_budget,
+            "meta_batch_size": c.meta_batch_size, "n_traj": c.n_traj, "env_steps": post_batch.env_steps,
+            "rows_padded": int(layouts[False][1].mask.shape[1]), "rows_packed": int(layouts[True][1].mask.shape[1]),
+            "meta_update_s_padded": padded_s, "meta_update_s_packed": packed_s, "speedup": padded_s / packed_s,
+            "step_norm": float(np.linalg.norm(result[False] - theta.numpy())),
+            "theta_difference_norm": float(np.linalg.norm(result[True] - result[False]))}  # float32 round-off
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--vector-envs", action="store_true",
                    help="only compare vector envs for MuJoCo at the reduced batch (10 tasks x 10 episodes): "
                         "subprocess (async) against in-process (sync), by number of envs")
+    p.add_argument("--packing", metavar="EXPORT",
+                   help="only time the meta-update on one step-budget batch of this meta-policy export, padded "
+                        "(one episode per row) against packed rows")
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.quick:
+    if args.packing:
+        runs = [lambda: bench_packing(args.packing, args.repeats)]
+    elif args.quick:
         runs = [
             lambda: bench_sampler("tf_maml/Navigation2D-v0", 4, 4, 16, 1),
             lambda: bench_meta_iteration("navigation2d", 1, True, meta_batch_size=3, n_traj=3, num_envs=9),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_maml.rl.maml_trpo import PGData, inner_update, per_task, pg_loss, tile_params
+from tf_maml.rl.maml_trpo import PGData, inner_update, pack_rows, per_task, pg_loss, tile_params
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
 from tf_maml.rl.trpo import flatten, hessian_vector_product, unflatten
 
@@ -126,3 +126,42 @@ def test_kl_hessian_vector_product_through_inner_update(setup):
     np.testing.assert_allclose(hv.numpy(), fd, rtol=1e-5, atol=1e-9)
     assert float(kl(theta)) == pytest.approx(0.0, abs=1e-12)
     assert float(tf.reduce_sum(v * hv)) > 0  # KL Hessian is PSD at the old policy
+
+
+def test_pack_rows_first_fit_decreasing():
+    lengths = [[6, 3, 2, 1, 4], [6, 6, 0, 0, 0]]
+    mask = np.array([[[1.0] * n + [0.0] * (6 - n) for n in task] for task in lengths])
+    x = np.arange(60.0).reshape(2, 5, 6) * mask
+    packed_mask, packed_x = pack_rows(mask, x)
+    # rows of task 0: [6], [4, 2], [3, 1]; task 1 keeps its two full episodes and a padding row
+    np.testing.assert_array_equal(packed_mask.sum(axis=-1), [[6, 6, 4], [6, 6, 0]])
+    np.testing.assert_array_equal(packed_x[0], [[0, 1, 2, 3, 4, 5], [24, 25, 26, 27, 12, 13], [6, 7, 8, 18, 0, 0]])
+    np.testing.assert_array_equal(packed_x[1, :2], x[1, :2])
+
+
+def test_packed_rows_give_the_same_second_order_meta_gradient(setup):
+    """The update sums over masked steps only, so packing several episodes into a row changes nothing."""
+    model, params, _, _ = setup
+    rng = np.random.default_rng(1)
+    lengths = [[3, 1, 2, 1, 1], [2, 2, 0, 3, 1]]
+    mask = np.array([[[1.0] * n + [0.0] * (H - n) for n in task] for task in lengths])
+    obs = rng.normal(size=(T, 5, H, OBS)) * mask[..., None]
+    actions = rng.normal(size=(T, 5, H, ACT)) * mask[..., None]
+    advantages = rng.normal(size=(T, 5, H)) * mask
+    packed = pack_rows(mask, obs, actions, advantages)
+    assert packed[0].shape == (T, 3, H) and packed[0].sum() == mask.sum()
+    layouts = [PGData(*(tf.constant(x) for x in (obs, actions, advantages, mask))),
+               PGData(*(tf.constant(x) for x in packed[1:] + packed[:1]))]
+    theta = flatten(params)
+
+    def loss_and_meta_gradient(data):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            adapted = inner_update(model, tile_params(unflatten(theta, params), T), data, LR, 1, False, True)
+            loss = tf.reduce_sum(per_task(lambda p, *d: pg_loss(model, p, *d), adapted, data, True))
+        return loss.numpy(), tape.gradient(loss, theta).numpy()
+
+    (loss_a, grad_a), (loss_b, grad_b) = map(loss_and_meta_gradient, layouts)
+    assert np.abs(grad_a).max() > 1e-3
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-12)
+    np.testing.assert_allclose(grad_b, grad_a, rtol=1e-10, atol=1e-12)

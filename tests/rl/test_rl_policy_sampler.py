@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tf_maml.rl.policy import GaussianHead, build_policy, distribution, entropy, kl_divergence, log_prob, policy_params
+from tf_maml.rl.maml_trpo import to_pg_data
 from tf_maml.rl.sampler import Sampler, _wave_layout
 
 
@@ -111,6 +112,8 @@ def test_step_budget_keeps_whole_episodes_and_favours_the_short_ones(num_envs):
     np.testing.assert_array_equal(steps.mask.sum(axis=(1, 2)), [300, 300])
     np.testing.assert_allclose(steps.task_returns(), [-0.005, -50.0], rtol=1e-4)  # padding is not averaged
     assert steps.mean_return() == pytest.approx((300 * -0.005 - 3 * 50.0) / 303, rel=1e-4)
+    packed = to_pg_data(steps, 0.99, 1.0)  # the update's layout: the 300 one-step episodes fill 3 rows
+    assert packed.obs.shape == (2, 3, 100, 2) and float(tf.reduce_sum(packed.mask)) == 600
     episodes = sampler.sample(params, tasks, n_traj=3, seed=0)
     assert episodes.obs.shape == (2, 3, 100, 2) and episodes.episodes().all()
     np.testing.assert_allclose(episodes.task_returns(), [-0.005, -50.0], rtol=1e-4)

@@ -103,7 +103,7 @@ def test_non_finite_rewards_stop_training_and_keep_the_checkpoint(tmp_path, monk
 def test_each_inner_step_samples_its_own_trajectories():
     """``inner_steps=2`` as in the reference code: step 2 adapts on episodes sampled with the step-1 policy,
     not on the pre-update episodes again, and the meta-iteration trains through both steps."""
-    from tf_maml.rl.maml_trpo import inner_update, tile_params
+    from tf_maml.rl.maml_trpo import inner_update, pack_rows, tile_params
 
     config = preset("navigation2d", meta_batch_size=2, n_traj=3, num_envs=6, inner_steps=2, seed=4)
     learner = MAMLTRPO(config)
@@ -119,7 +119,7 @@ def test_each_inner_step_samples_its_own_trajectories():
         for got, want in zip(sampled_with[k], adapted(learner.theta(), tuple(pre[:k]))):
             np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
     assert len(pre) == 2 and not np.allclose(pre[0].obs.numpy(), pre[1].obs.numpy())
-    np.testing.assert_array_equal(pre[0].obs.numpy(), pre_batch.obs)
+    np.testing.assert_array_equal(pre[0].obs.numpy(), pack_rows(pre_batch.mask, pre_batch.obs)[1])
     one = inner_update(learner.model, tile_params(policy_params(learner.model), 2), pre[0], config.fast_lr, 1, False, True)
     two = inner_update(learner.model, one, pre[1], config.fast_lr, 1, False, True)
     for got, want in zip(adapted(learner.theta(), pre), two):

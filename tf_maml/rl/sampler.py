@@ -139,8 +139,8 @@ class Sampler:
         more, shorter episodes, and averages over episodes weigh those more. That is the paper's evaluation
         code exactly (one task, 40 envs, 4,000 steps); its training ran one env per task on a budget shared by
         the meta-batch, which drops one unfinished episode per task, not ``n_traj``, so favours short ones less.
-        Episodes are padded with empty ones (``mask`` 0) to the largest count, which costs compute where
-        counts differ much.
+        Episodes are padded with empty ones (``mask`` 0) to the largest count; the update packs them into
+        full rows (:func:`tf_maml.rl.maml_trpo.pack_rows`), so the padding costs no compute there.
         """
         if budget not in BUDGETS:
             raise ValueError(f"budget={budget!r}: pass one of {BUDGETS}.")
