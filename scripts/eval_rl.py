@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vector-env", choices=["sync", "async"],
                    help="run the envs in this process or one subprocess each, as train_rl.py's flag: a speed choice "
                         "only, the episodes are the same (default: the run's own)")
+    p.add_argument("--num-envs", type=flag_type(integer(1)),
+                   help="envs stepped together, as train_rl.py's flag: a speed choice (default: the run's own)")
     p.add_argument("--json")
     p.add_argument("--plot")
     p.add_argument("--no-random", action="store_true")
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     from tf_maml.rl.policy import build_policy, policy_params
 
     overrides = {} if args.vector_env is None else {"asynchronous": args.vector_env == "async"}
+    if args.num_envs is not None:
+        overrides["num_envs"] = args.num_envs
     try:
         learner = (MAMLTRPO.from_export(args.export, **overrides) if args.export
                    else MAMLTRPO.from_logdir(args.logdir, **overrides))

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fast-lr", type=float)
     p.add_argument("--inner-steps", type=int)
     p.add_argument("--first-order", action="store_true", default=None)
-    p.add_argument("--num-envs", type=int)
+    p.add_argument("--num-envs", type=int,
+                   help="envs stepped together (episodes per policy call); like --vector-env a speed choice a "
+                        "resumed run may change (with a step budget, only among values >= --n-traj)")
     p.add_argument("--vector-env", choices=["sync", "async"],
                    help="run the envs in this process (sync) or one subprocess each (async); a speed choice "
                         "only, the episodes are the same, and a resumed run may change it (default: the run's "

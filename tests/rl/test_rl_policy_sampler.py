@@ -154,6 +154,26 @@ def test_sampler_async_mujoco_with_termination():
     sampler.close()
 
 
+def test_the_number_of_envs_changes_speed_not_episodes():
+    """Seeds and action noise are keyed by episode slot, so any grouping of envs samples the same episodes, up to
+    the round-off of the policy's batched float32 arithmetic (MuJoCo's contacts grow that within ~30 steps)."""
+    batches = {}
+    for env_id, obs_dim, act_dim in (("tf_maml/Navigation2D-v0", 2, 2), ("tf_maml/AntDir-v1", 105, 8)):
+        model = build_policy(obs_dim, act_dim, seed=0, init_log_std=0.5)
+        for num_envs in (3, 8, 40):
+            sampler = Sampler(env_id, model, num_envs=num_envs, asynchronous=False)
+            tasks = sampler.sample_tasks(5, seed=3)
+            batches[env_id, num_envs] = sampler.sample(policy_params(model), tasks, n_traj=4, seed=5)
+            sampler.close()
+    for num_envs in (8, 40):
+        a, b = batches["tf_maml/Navigation2D-v0", 3], batches["tf_maml/Navigation2D-v0", num_envs]
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(a.actions, b.actions, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(a.obs, b.obs, rtol=0, atol=1e-5)
+        a, b = batches["tf_maml/AntDir-v1", 3], batches["tf_maml/AntDir-v1", num_envs]
+        np.testing.assert_allclose(a.obs[:, :, :10], b.obs[:, :, :10], rtol=0, atol=1e-3)
+
+
 def test_in_process_and_subprocess_vector_envs_sample_the_same_episodes():
     """The vector-env kind is a speed choice only: same seed, same episodes (terminations included)."""
     model = build_policy(105, 8, seed=0, init_log_std=1.5)

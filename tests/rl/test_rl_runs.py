@@ -29,7 +29,10 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
     MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8), logdir).close()
     for flags, says in [(["--env", "halfcheetah-dir"], r"env_id: asked 'tf_maml/HalfCheetahDir-v0', run has 'tf_maml/Navigation2D-v0'"),
                         (["--env", "navigation2d", "--meta-batch-size", "4"], r"meta_batch_size: asked 4, run has 2"),
-                        (["--env", "navigation2d", "--sample-budget", "episodes"], r"sample_budget: asked 'episodes', run has 'steps'")]:
+                        (["--env", "navigation2d", "--sample-budget", "episodes"], r"sample_budget: asked 'episodes', run has 'steps'"),
+                        # a step budget split over waves of fewer envs than episodes per task would hold other batches
+                        (["--env", "navigation2d", "--meta-batch-size", "2", "--num-envs", "1"],
+                         r"num_envs 8 → 1 would change what a batch holds\. Keep --num-envs 8, or pick one of at least 2")]:
         with pytest.raises(SystemExit):
             train_rl.main([*flags, "--iterations", "1", "--logdir", logdir])
         assert re.search(says, capsys.readouterr().err)
@@ -41,8 +44,12 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
     resumed.close()
     assert json.load(open(os.path.join(logdir, "config.json")))["asynchronous"] is None
     kept = MAMLTRPO.for_run(preset("navigation2d", asynchronous=True), logdir, {})  # not asked: the run's own
-    assert not kept.sampler.asynchronous
+    assert not kept.sampler.asynchronous and kept.sampler.num_envs == 8
     kept.close()
+    # so is the number of envs, while every wave still holds whole tasks
+    more = MAMLTRPO.for_run(preset("navigation2d"), logdir, {"num_envs": 2})
+    assert more.sampler.num_envs == 2 and int(more.iteration.numpy()) == 1
+    more.close()
 
 
 def test_unfinished_runs_are_not_evaluated_and_a_lost_iteration_is_logged_once(tmp_path, monkeypatch):
@@ -89,10 +96,11 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     saved = json.loads(out.read_text())
     assert len(saved["returns"]) == 2 and len(saved["pretrained"]["returns"]) == 2 and saved["iteration"] == 1
     assert all(np.isfinite(saved["returns"])) and saved["returns"] == saved["maml"]["returns"]
-    # Subprocess envs are a speed choice: the same episodes, so the same returns.
+    # Subprocess envs and their number are speed choices: the same episodes (to the policy's float32 round-off
+    # between batch shapes), so the same returns.
     again = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--steps", "1", "--no-random",
-                          "--vector-env", "async"])
-    np.testing.assert_allclose(again["returns"], results["returns"], rtol=1e-6)
+                          "--vector-env", "async", "--num-envs", "3"])
+    np.testing.assert_allclose(again["returns"], results["returns"], rtol=1e-4)
     # A meta-policy export evaluates as its run does, where the run directory is not.
     from tf_maml.rl import export as rl_export
 

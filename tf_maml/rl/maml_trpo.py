@@ -185,6 +185,11 @@ class MAMLTRPOConfig:
 
 
 INIT_FILE = "initialised_from.json"
+# Settings that change how fast episodes are sampled, not which (Sampler keys its seeds and noise by episode
+# slot; the policy's batched float32 arithmetic differs by round-off, which MuJoCo's contacts grow into other
+# draws of the same distribution): a resumed run may change them. A step budget split over waves of fewer
+# than n_traj envs is the exception (MAMLTRPO.for_run).
+SPEED_SETTINGS = ("asynchronous", "num_envs")
 
 
 def exported_run_config(export: str) -> MAMLTRPOConfig:
@@ -263,10 +268,11 @@ class MAMLTRPO:
                 init_from: str | None = None) -> "MAMLTRPO":
         """A new run of ``config`` in ``logdir``, or the run already there with its own settings, which must
         agree with the ``asked`` ones (ValueError saying which differ, before anything is touched); an env id
-        of the run's family but another version counts as agreeing, the run keeping its own. The vector-env
-        kind (``asynchronous``) changes speed, not episodes, so a resume may ask for another one (else it
-        keeps the run's own). ``init_from``, a meta-policy export, starts a new ``logdir`` as the continuation
-        of the run it was exported from (:meth:`start_from_export`); rerun, the same call resumes that run."""
+        of the run's family but another version counts as agreeing, the run keeping its own. The vector envs
+        (:data:`SPEED_SETTINGS`: their kind and number) change speed, not what is sampled, so a resume may ask
+        for others (else it keeps the run's own). ``init_from``, a meta-policy export, starts a new ``logdir``
+        as the continuation of the run it was exported from (:meth:`start_from_export`); rerun, the same call
+        resumes that run."""
         config_path = os.path.join(logdir, "config.json")
         if os.path.exists(config_path):
             with open(config_path) as f:
@@ -278,12 +284,22 @@ class MAMLTRPO:
             saved, where = exported_run_config(init_from), f"{init_from} (the export --init-from continues)"
         else:
             return cls(config, logdir, progress=progress)
-        settings = {k: v for k, v in asked.items() if k != "asynchronous"}
+        settings = {k: v for k, v in asked.items() if k not in SPEED_SETTINGS}
         if "env_id" in settings and env_family(settings["env_id"]) == env_family(saved.env_id):
             del settings["env_id"]  # a run keeps the env version it was made with (presets move to newer ones)
         check_resume_settings(saved, settings, where)
-        vector_env = asked.get("asynchronous", saved.asynchronous)
-        config = dataclasses.replace(saved, asynchronous=vector_env)
+        config = dataclasses.replace(saved, **{k: asked[k] for k in SPEED_SETTINGS if k in asked})
+        if (config.sample_budget == "steps" and config.num_envs != saved.num_envs
+                and min(config.num_envs, saved.num_envs) < config.n_traj):
+            raise ValueError(
+                f"{where} samples with a step budget and n_traj={config.n_traj}: with fewer envs than that a "
+                f"task's episodes run in several waves, each with its share of the budget, so num_envs "
+                f"{saved.num_envs} → {config.num_envs} would change what a batch holds. Keep --num-envs "
+                f"{saved.num_envs}, or pick one of at least {config.n_traj} (so was the run's)."
+                if saved.num_envs >= config.n_traj else
+                f"{where} samples with a step budget in waves of {saved.num_envs} envs, fewer than n_traj="
+                f"{config.n_traj}: another --num-envs would change what a batch holds; keep {saved.num_envs}."
+            )
         if init_from is None or tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")):
             return cls(config, logdir, progress=progress)
         version_dir = os.path.realpath(resolve_version_dir(init_from))

@@ -107,10 +107,10 @@ def kl_divergence(mean_p: tf.Tensor, log_std_p: tf.Tensor, mean_q: tf.Tensor, lo
     return tf.reduce_sum(kl, axis=-1)
 
 
-def sample_actions(mean: tf.Tensor, log_std: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Reparameterised sample ``mean + std·ε`` with a stateless seed (shape [2] int), so runs repeat."""
-    eps = tf.random.stateless_normal(tf.shape(mean), seed=seed, dtype=mean.dtype)
-    return mean + tf.exp(log_std) * eps
+def sample_actions(mean: tf.Tensor, log_std: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
+    """Reparameterised sample ``mean + std·ε`` for standard-normal ``noise`` ε drawn by the caller (the sampler
+    keys it by episode slot and step, so the episodes do not depend on how envs are grouped)."""
+    return mean + tf.exp(log_std) * tf.cast(noise, mean.dtype)
 
 
 def flat_size(params: Sequence[tf.Tensor]) -> int:

@@ -116,10 +116,10 @@ class Sampler:
             self._envs.close()
             self._envs = None
 
-    def _act_impl(self, params: list[tf.Tensor], obs: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """Actions for ``obs [k, m, d]`` under per-task ``params`` (leading axis k)."""
+    def _act_impl(self, params: list[tf.Tensor], obs: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
+        """Actions for ``obs [k, m, d]`` under per-task ``params`` (leading axis k), with noise ``[k, m, a]``."""
         mean, log_std = tf.vectorized_map(lambda a: distribution(self.model, a[0], a[1]), (params, obs))
-        return sample_actions(mean, log_std, seed)
+        return sample_actions(mean, log_std, noise)
 
     def sample(
         self,
@@ -145,6 +145,11 @@ class Sampler:
         if budget not in BUDGETS:
             raise ValueError(f"budget={budget!r}: pass one of {BUDGETS}.")
         n_tasks, horizon = len(tasks), self.horizon
+        # Everything random is keyed by the episode slot (task i, trajectory j): slot i·n_traj + j seeds its env
+        # and reads its row of the action noise at each step, so --num-envs changes speed, not episodes.
+        max_steps = horizon if budget == "episodes" else 2 * horizon
+        noise = tf.random.stateless_normal([n_tasks * n_traj, max_steps, self.act_dim],
+                                           seed=[int(seed) % (2**31), 0]).numpy()
         if not per_task_params:
             params = [tf.convert_to_tensor(p)[None] for p in params]
         tasks_per_wave, share = _wave_layout(n_tasks, n_traj, self.num_envs)
@@ -161,14 +166,16 @@ class Sampler:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(waves) * horizon, desc="sampling", leave=False)
-        for w, (t0, _) in enumerate(waves):
+        for t0, j0 in waves:
             task_ids = [min(t0 + i, n_tasks - 1) for i in range(tasks_per_wave)]  # last wave: pad
             wave_params = [tf.gather(p, task_ids) if per_task_params else p for p in params]
             if not per_task_params:
                 wave_params = [tf.repeat(p, tasks_per_wave, axis=0) for p in wave_params]
             envs.set_attr("task", [tasks[i] for i in task_ids for _ in range(share)])
-            env_seeds = [int(seed) * 1_000_003 + (w * wave_size + e) for e in range(wave_size)]
-            kept = self._run_wave(envs, wave_params, env_seeds, share, seed, w, budget, bar)
+            slots = [t0 * n_traj + j0 + i * n_traj + e for i in range(tasks_per_wave) for e in range(share)]
+            env_seeds = [int(seed) * 1_000_003 + s for s in slots]
+            wave_noise = noise[np.minimum(slots, len(noise) - 1)]  # the last wave's padding envs reuse a row
+            kept = self._run_wave(envs, wave_params, env_seeds, wave_noise, share, budget, bar)
             for i in range(tasks_per_wave):
                 if t0 + i < n_tasks:
                     episodes[t0 + i].extend(kept[i])
@@ -176,7 +183,7 @@ class Sampler:
             bar.close()
         return _padded(episodes, horizon, self.obs_dim, self.act_dim, tasks)
 
-    def _run_wave(self, envs, wave_params, env_seeds: list[int], share: int, seed: int, wave: int, budget: str,
+    def _run_wave(self, envs, wave_params, env_seeds: list[int], noise: np.ndarray, share: int, budget: str,
                   bar) -> list[list[Episode]]:
         """The finished episodes of each group of ``share`` envs (one task's), in env order.
 
@@ -185,7 +192,7 @@ class Sampler:
         """
         horizon, size = self.horizon, len(env_seeds)
         groups = size // share
-        max_steps = horizon if budget == "episodes" else 2 * horizon
+        max_steps = noise.shape[1]
         group = np.repeat(np.arange(groups), share)
         kept: list[list[tuple[int, Episode]]] = [[] for _ in range(groups)]
         kept_steps = np.zeros(groups, dtype=np.int64)
@@ -198,8 +205,8 @@ class Sampler:
         obs, _ = envs.reset(seed=env_seeds)
         for t in range(max_steps):
             obs = np.asarray(obs, np.float32).reshape(size, self.obs_dim)
-            step_seed = tf.constant([int(seed) % (2**31), wave * max_steps + t], tf.int32)
-            actions = self._act(wave_params, obs.reshape(groups, share, self.obs_dim), step_seed)
+            actions = self._act(wave_params, obs.reshape(groups, share, self.obs_dim),
+                                noise[:, t].reshape(groups, share, self.act_dim))
             actions = actions.numpy().reshape(size, self.act_dim)
             pos = np.minimum(length, horizon - 1)
             ob[rows, pos], ac[rows, pos] = obs, actions
