@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="run the envs in this process or one subprocess each, as train_rl.py's flag: a speed choice "
                         "only, the episodes are the same (default: the run's own)")
     p.add_argument("--num-envs", type=flag_type(integer(1)),
-                   help="envs stepped together, as train_rl.py's flag: a speed choice (default: the run's own)")
+                   help="envs stepped together, as train_rl.py's flag: a speed choice (default: the run's own; "
+                        "with --sample-budget steps at least --n-traj)")
     p.add_argument("--json")
     p.add_argument("--plot")
     p.add_argument("--no-random", action="store_true")
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = learner.sampler
     tasks = sampler.sample_tasks(args.tasks, args.seed)
     args.n_traj = args.n_traj or max(1, 4000 // sampler.horizon)
+    if args.sample_budget == "steps" and args.num_envs is not None and args.num_envs < args.n_traj:
+        learner.close()  # each wave keeps the budget for its own envs: a task split over waves is another sample
+        p.error(f"--sample-budget steps with --num-envs {args.num_envs} would split each task's {args.n_traj} "
+                f"episodes over several waves, each keeping its share of the budget: pass --num-envs of at least "
+                f"{args.n_traj} (--n-traj).")
 
     policies = {"maml": policy_params(learner.model)}
     if args.pretrained_logdir:

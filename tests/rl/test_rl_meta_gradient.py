@@ -137,6 +137,9 @@ def test_pack_rows_first_fit_decreasing():
     np.testing.assert_array_equal(packed_mask.sum(axis=-1), [[6, 6, 4], [6, 6, 0]])
     np.testing.assert_array_equal(packed_x[0], [[0, 1, 2, 3, 4, 5], [24, 25, 26, 27, 12, 13], [6, 7, 8, 18, 0, 0]])
     np.testing.assert_array_equal(packed_x[1, :2], x[1, :2])
+    mask[0, 1, 4] = 1.0  # a gap inside a row: its steps are not one episode from the row's start
+    with pytest.raises(ValueError, match="a row with a gap would lose steps"):
+        pack_rows(mask, x)
 
 
 def test_packed_rows_give_the_same_second_order_meta_gradient(setup):

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tf_maml.rl.policy import GaussianHead, build_policy, distribution, entropy, kl_divergence, log_prob, policy_params
 from tf_maml.rl.maml_trpo import to_pg_data
-from tf_maml.rl.sampler import Sampler, _wave_layout
+from tf_maml.rl.sampler import Sampler, wave_layout
 
 
 def test_gaussian_formulas_by_hand():
@@ -60,9 +60,9 @@ def test_log_std_floor_like_rllab_min_std():
 
 
 def test_wave_layout():
-    assert _wave_layout(20, 20, 400) == (20, 20)
-    assert _wave_layout(3, 4, 10) == (2, 4)
-    assert _wave_layout(5, 20, 8) == (1, 5)
+    assert wave_layout(20, 20, 400) == (20, 20)
+    assert wave_layout(3, 4, 10) == (2, 4)
+    assert wave_layout(5, 20, 8) == (1, 5)
 
 
 @pytest.mark.parametrize("num_envs", [400, 10, 3])
@@ -158,6 +158,16 @@ def test_the_number_of_envs_changes_speed_not_episodes():
     """Seeds and action noise are keyed by episode slot, so any grouping of envs samples the same episodes, up to
     the round-off of the policy's batched float32 arithmetic (MuJoCo's contacts grow that within ~30 steps)."""
     batches = {}
+    model = build_policy(2, 2, seed=0, init_log_std=-1.0)
+    tasks = [{"goal": [0.02 * k, -0.01 * k]} for k in range(5)]  # the first at the start: short episodes
+    for num_envs in (4, 8, 40):  # a step budget too, with one task per wave, two (the last padded) or all five
+        sampler = Sampler("tf_maml/Navigation2D-v0", model, num_envs=num_envs)
+        batches[num_envs] = sampler.sample(policy_params(model), tasks, n_traj=4, seed=5, budget="steps")
+        sampler.close()
+    assert batches[4].episodes()[0].sum() > 4
+    for num_envs in (8, 40):
+        np.testing.assert_array_equal(batches[4].mask, batches[num_envs].mask)
+        np.testing.assert_allclose(batches[4].obs, batches[num_envs].obs, rtol=0, atol=1e-5)
     for env_id, obs_dim, act_dim in (("tf_maml/Navigation2D-v0", 2, 2), ("tf_maml/AntDir-v1", 105, 8)):
         model = build_policy(obs_dim, act_dim, seed=0, init_log_std=0.5)
         for num_envs in (3, 8, 40):

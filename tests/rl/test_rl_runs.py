@@ -32,7 +32,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
                         (["--env", "navigation2d", "--sample-budget", "episodes"], r"sample_budget: asked 'episodes', run has 'steps'"),
                         # a step budget split over waves of fewer envs than episodes per task would hold other batches
                         (["--env", "navigation2d", "--meta-batch-size", "2", "--num-envs", "1"],
-                         r"num_envs 8 → 1 would change what a batch holds\. Keep --num-envs 8, or pick one of at least 2")]:
+                         r"num_envs 8 → 1 would run 1 instead of 2 of a task's 2 episodes per wave, and so change what "
+                         r"a batch holds\. Keep --num-envs 8, or pick one of at least 2\.")]:
         with pytest.raises(SystemExit):
             train_rl.main([*flags, "--iterations", "1", "--logdir", logdir])
         assert re.search(says, capsys.readouterr().err)
@@ -101,6 +102,11 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     again = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--steps", "1", "--no-random",
                           "--vector-env", "async", "--num-envs", "3"])
     np.testing.assert_allclose(again["returns"], results["returns"], rtol=1e-4)
+    # ... except that a step budget split over waves would change the sample
+    with pytest.raises(SystemExit):
+        eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--n-traj", "4", "--no-random",
+                      "--sample-budget", "steps", "--num-envs", "2"])
+    assert "pass --num-envs of at least 4 (--n-traj)" in capsys.readouterr().err
     # A meta-policy export evaluates as its run does, where the run directory is not.
     from tf_maml.rl import export as rl_export
 

@@ -27,7 +27,7 @@ from tf_maml.inner_loop import adapt
 from tf_maml.rl.advantages import task_advantages
 from tf_maml.rl.envs import env_family
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
-from tf_maml.rl.sampler import BUDGETS, Sampler, TrajectoryBatch
+from tf_maml.rl.sampler import BUDGETS, Sampler, TrajectoryBatch, wave_layout
 from tf_maml.rl.trpo import backtracking_line_search, flatten, natural_gradient, unflatten
 from tf_maml.serving import read_metadata, resolve_version_dir
 from tf_maml.settings import BOOLEAN, Rule, check_settings, each, integer, number, one_of, optional
@@ -54,6 +54,9 @@ def pack_rows(mask: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     prefixes of their rows, as the sampler writes them.
     """
     n_tasks, _, horizon = mask.shape
+    if (np.diff(mask, axis=-1) > 0).any():
+        raise ValueError("pack_rows takes rows that each hold one episode from their first step (a mask of 1s, "
+                         "then 0s); a row with a gap would lose steps. Sampler.sample's batches are laid out so.")
     lengths = mask.sum(axis=-1).astype(np.int64)
     row = np.zeros(lengths.shape, np.int64)
     offset = np.zeros(lengths.shape, np.int64)
@@ -269,8 +272,8 @@ class MAMLTRPO:
         """A new run of ``config`` in ``logdir``, or the run already there with its own settings, which must
         agree with the ``asked`` ones (ValueError saying which differ, before anything is touched); an env id
         of the run's family but another version counts as agreeing, the run keeping its own. The vector envs
-        (:data:`SPEED_SETTINGS`: their kind and number) change speed, not what is sampled, so a resume may ask
-        for others (else it keeps the run's own). ``init_from``, a meta-policy export, starts a new ``logdir``
+        (:data:`SPEED_SETTINGS`: their kind and number) change speed, not what is sampled (up to float32
+        round-off, see there), so a resume may ask for others (else it keeps the run's own). ``init_from``, a meta-policy export, starts a new ``logdir``
         as the continuation of the run it was exported from (:meth:`start_from_export`); rerun, the same call
         resumes that run."""
         config_path = os.path.join(logdir, "config.json")
@@ -289,16 +292,14 @@ class MAMLTRPO:
             del settings["env_id"]  # a run keeps the env version it was made with (presets move to newer ones)
         check_resume_settings(saved, settings, where)
         config = dataclasses.replace(saved, **{k: asked[k] for k in SPEED_SETTINGS if k in asked})
-        if (config.sample_budget == "steps" and config.num_envs != saved.num_envs
-                and min(config.num_envs, saved.num_envs) < config.n_traj):
+        share = {n: wave_layout(config.meta_batch_size, config.n_traj, n)[1] for n in (saved.num_envs, config.num_envs)}
+        if config.sample_budget == "steps" and share[saved.num_envs] != share[config.num_envs]:
             raise ValueError(
-                f"{where} samples with a step budget and n_traj={config.n_traj}: with fewer envs than that a "
-                f"task's episodes run in several waves, each with its share of the budget, so num_envs "
-                f"{saved.num_envs} → {config.num_envs} would change what a batch holds. Keep --num-envs "
-                f"{saved.num_envs}, or pick one of at least {config.n_traj} (so was the run's)."
-                if saved.num_envs >= config.n_traj else
-                f"{where} samples with a step budget in waves of {saved.num_envs} envs, fewer than n_traj="
-                f"{config.n_traj}: another --num-envs would change what a batch holds; keep {saved.num_envs}."
+                f"{where} samples with a step budget, which each wave keeps for its envs: num_envs "
+                f"{saved.num_envs} → {config.num_envs} would run {share[config.num_envs]} instead of "
+                f"{share[saved.num_envs]} of a task's {config.n_traj} episodes per wave, and so change what a "
+                f"batch holds. Keep --num-envs {saved.num_envs}"
+                + (f", or pick one of at least {config.n_traj}." if share[saved.num_envs] == config.n_traj else ".")
             )
         if init_from is None or tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")):
             return cls(config, logdir, progress=progress)

@@ -58,7 +58,7 @@ class TrajectoryBatch:
         return int(self.mask.sum())
 
 
-def _wave_layout(n_tasks: int, n_traj: int, num_envs: int) -> tuple[int, int]:
+def wave_layout(n_tasks: int, n_traj: int, num_envs: int) -> tuple[int, int]:
     """``(tasks_per_wave, episodes_per_task_per_wave)`` so that waves tile the task × episode grid."""
     if num_envs >= n_traj:
         return max(1, min(n_tasks, num_envs // n_traj)), n_traj
@@ -146,13 +146,14 @@ class Sampler:
             raise ValueError(f"budget={budget!r}: pass one of {BUDGETS}.")
         n_tasks, horizon = len(tasks), self.horizon
         # Everything random is keyed by the episode slot (task i, trajectory j): slot i·n_traj + j seeds its env
-        # and reads its row of the action noise at each step, so --num-envs changes speed, not episodes.
+        # and reads its row of the action noise at each step, so --num-envs changes speed, not episodes (up to
+        # the policy's float32 round-off between batch shapes, which MuJoCo's contacts grow).
         max_steps = horizon if budget == "episodes" else 2 * horizon
         noise = tf.random.stateless_normal([n_tasks * n_traj, max_steps, self.act_dim],
                                            seed=[int(seed) % (2**31), 0]).numpy()
         if not per_task_params:
             params = [tf.convert_to_tensor(p)[None] for p in params]
-        tasks_per_wave, share = _wave_layout(n_tasks, n_traj, self.num_envs)
+        tasks_per_wave, share = wave_layout(n_tasks, n_traj, self.num_envs)
         wave_size = tasks_per_wave * share
         envs = self._vector_env(wave_size)
         episodes: list[list[Episode]] = [[] for _ in range(n_tasks)]
