@@ -190,8 +190,8 @@ class MAMLTRPOConfig:
 INIT_FILE = "initialised_from.json"
 # Settings that change how fast episodes are sampled, not which (Sampler keys its seeds and noise by episode
 # slot; the policy's batched float32 arithmetic differs by round-off, which MuJoCo's contacts grow into other
-# draws of the same distribution): a resumed run may change them. A step budget split over waves of fewer
-# than n_traj envs is the exception (MAMLTRPO.for_run).
+# draws of the same distribution): a resumed run may change them, unless a step budget, which each wave keeps
+# for its envs, would be split into other shares of a task's episodes (MAMLTRPO.for_run).
 SPEED_SETTINGS = ("asynchronous", "num_envs")
 
 
@@ -273,9 +273,9 @@ class MAMLTRPO:
         agree with the ``asked`` ones (ValueError saying which differ, before anything is touched); an env id
         of the run's family but another version counts as agreeing, the run keeping its own. The vector envs
         (:data:`SPEED_SETTINGS`: their kind and number) change speed, not what is sampled (up to float32
-        round-off, see there), so a resume may ask for others (else it keeps the run's own). ``init_from``, a meta-policy export, starts a new ``logdir``
-        as the continuation of the run it was exported from (:meth:`start_from_export`); rerun, the same call
-        resumes that run."""
+        round-off, see there), so a resume may ask for others (else it keeps the run's own). ``init_from``, a
+        meta-policy export, starts a new ``logdir`` as the continuation of the run it was exported from
+        (:meth:`start_from_export`); rerun, the same call resumes that run."""
         config_path = os.path.join(logdir, "config.json")
         if os.path.exists(config_path):
             with open(config_path) as f:
