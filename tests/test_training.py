@@ -144,6 +144,34 @@ def test_the_shipped_20_way_model_continues_with_its_own_settings_and_state(tmp_
     assert budget["wall_seconds"] == shipped["training"]["wall_seconds"]
 
 
+def test_a_continuation_may_go_on_at_another_k_shot(tmp_path):
+    """``--init-from saved_models/omniglot_20way1shot --preset 20way5shot``: the 1-shot meta-learner goes on
+    training on 5-shot tasks (the network does not depend on K) with the export's other settings and state; the
+    budget records what changed, a rerun resumes it, and the ways (the network's output) still cannot change."""
+    from tf_maml.recipes import omniglot
+
+    export = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_models",
+                          "omniglot_20way1shot")
+    shipped = serving.read_metadata(export)
+    exported = omniglot.training.config_from_dict(omniglot.OmniglotConfig, shipped["config"], export)
+    workdir = str(tmp_path / "five_shot")
+    config, _ = omniglot.config_for_run("20way5shot", {"meta_steps": 20_000}, workdir, init_from=export)
+    assert config == dataclasses.replace(exported, shots=5, meta_steps=20_000)
+    maml = omniglot.build_meta_learner(config)
+    assert start_from_export(maml, export, workdir, config) == shipped["meta_steps_trained"]
+    omniglot.training.save_config(config, workdir)
+    assert read_budget(os.path.join(workdir, "budget.json"))["changed_at_start"] == {"shots": [1, 5]}
+    for again in ("20way5shot", None):  # a rerun, with or without the preset, resumes the 5-shot run
+        assert omniglot.config_for_run(again, {"meta_steps": 20_000}, workdir, init_from=export)[0] == config
+    with pytest.raises(ValueError, match="shots: asked 1, run has 5"):
+        omniglot.config_for_run("20way1shot", {}, workdir, init_from=export)
+    with pytest.raises(ValueError, match="ways: asked 5, run has 20"):
+        omniglot.config_for_run("5way5shot", {}, str(tmp_path / "other"), init_from=export)
+    assert omniglot.with_shots(exported, 5) == dataclasses.replace(exported, shots=5)
+    with pytest.raises(ValueError, match="shots"):
+        omniglot.with_shots(exported, 0)
+
+
 def test_a_continuation_may_anneal_the_rate_its_export_kept_constant(tmp_path):
     """``--init-from EXPORT --cosine-meta-lr 2000`` on an export trained at a constant rate: MAML++'s cosine
     annealing begins at the export's step (the rate it trained at until then), ``--meta-steps`` is checked

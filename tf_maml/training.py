@@ -85,7 +85,7 @@ def load_config(config_type: type[Config], workdir: str) -> Config:
 
 def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequence[str] = (),
                    init_from: str | None = None, schedules: dict[str, str] | None = None,
-                   restart: bool = False) -> Config:
+                   restart: bool = False, retarget: Sequence[str] = ()) -> Config:
     """The settings to train ``workdir`` with: ``config`` (a preset with ``overrides`` applied) for a new run;
     for an existing run its own saved settings, so rerunning the same command resumes it exactly; for a new run
     continuing an export (``init_from``, see :func:`start_from_export`), the settings of the run it was exported from.
@@ -95,6 +95,8 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
     a continuation may switch on a schedule its export ran without (``schedules`` maps such a setting to the
     field recording its first meta-step, set here to the export's): it changes only the steps still to come.
     With ``restart`` it may also begin again a schedule its export already ran (a warm restart, as in SGDR).
+    A continuation also takes from ``config`` the fields named in ``retarget``: settings of the tasks that the
+    network does not depend on (Omniglot's shots), so a meta-learner goes on training for other tasks.
     """
     from tf_maml.serving import read_metadata
 
@@ -133,6 +135,7 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
                              f"(--meta-steps above {step}, e.g. {step} + the schedule's length).")
         if started:
             saved = dataclasses.replace(saved, **started, **{schedules[k]: step for k in started})
+        saved = dataclasses.replace(saved, **{k: getattr(config, k) for k in retarget})
     else:
         return config
     asked = {**{k: getattr(config, k) for k in identity}, **{k: v for k, v in overrides.items() if k != "meta_steps"}}
@@ -213,7 +216,7 @@ def _optimizer_state(optimizer: keras.optimizers.Optimizer) -> list:
     return [v for v in optimizer.variables if v.path.rsplit("/", 1)[-1] != "learning_rate"]
 
 
-def start_from_export(maml: MAML, export: str, workdir: str) -> int:
+def start_from_export(maml: MAML, export: str, workdir: str, config: object | None = None) -> int:
     """Begin the run in ``workdir`` where the training of an exported meta-learner stopped; return its meta-step.
 
     Run directories stay on the machine that trained them; what travels is the export (``saved_models/``), and its
@@ -221,7 +224,8 @@ def start_from_export(maml: MAML, export: str, workdir: str) -> int:
     checkpoint, with the export's training budget, they let :func:`fit_resumable` go on as after any interruption:
     the episode stream is indexed by step, so the batches are those the original run would have seen next. Build
     ``maml`` with the export's settings (:func:`config_for_run` with ``init_from``). A rerun of the same command
-    resumes from the run's own checkpoints; a run that did not start from this export is refused.
+    resumes from the run's own checkpoints; a run that did not start from this export is refused. With the run's
+    ``config`` (a dataclass), the budget records the settings it changed from the export's (``changed_at_start``).
     """
     from tf_maml.serving import load, read_metadata, resolve_version_dir
 
@@ -257,6 +261,12 @@ def start_from_export(maml: MAML, export: str, workdir: str) -> int:
     spent = metadata.get("training") or {}
     budget = {**EMPTY_BUDGET, **{k: spent[k] for k in EMPTY_BUDGET if k in spent}, "meta_steps": step,
               "initialised_from": source}
+    if config is not None:
+        theirs = metadata.get("config") or {}
+        changed = {k: [theirs[k], v] for k, v in dataclasses.asdict(config).items()
+                   if k != "meta_steps" and k in theirs and theirs[k] != v}
+        if changed:
+            budget["changed_at_start"] = changed
     os.makedirs(workdir, exist_ok=True)
     with open(budget_path, "w") as f:
         json.dump(budget, f, indent=2)

@@ -95,7 +95,8 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
     its own settings, a run continuing an export (``init_from``) takes the export's (see
     :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused. With no
     ``preset``, that of the run or export (so resuming a 20-way run needs no ``--preset``), else 5-way 1-shot.
-    ``warm_restart``: the continuation begins the cosine annealing of the meta learning rate again at the export's
+    A continuation may go on at another K-shot (``--preset 20way5shot`` from a 20-way 1-shot export): the
+    network does not depend on K. ``warm_restart``: the continuation begins the cosine annealing of the meta learning rate again at the export's
     step, from ``meta_lr`` (an export that anneals otherwise goes on with its own schedule)."""
     preset = preset or _preset_of(workdir, init_from) or DEFAULT_PRESET
     named = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if k in ("ways", "shots")})
@@ -104,7 +105,8 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
     # A run going on checks the flags against its own settings (the preset's may not fit them: epoch lengths)
     config = named if continuing else dataclasses.replace(PRESETS[preset], **overrides)
     config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from,
-                                     schedules={"cosine_meta_lr": "cosine_meta_lr_from"}, restart=warm_restart)
+                                     schedules={"cosine_meta_lr": "cosine_meta_lr_from"}, restart=warm_restart,
+                                     retarget=("shots",))
     return config, workdir
 
 
@@ -182,7 +184,7 @@ def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = N
     data = data or load_omniglot_classes(config.split, data_dir=data_dir, validation=True)
     maml = build_meta_learner(config)
     if init_from is not None:
-        training.start_from_export(maml, init_from, workdir)
+        training.start_from_export(maml, init_from, workdir, config)
     os.makedirs(workdir, exist_ok=True)
     training.save_config(config, workdir)
     train_data = lambda start: episodes(config, data.meta_train, config.seed, start)  # noqa: E731
@@ -208,6 +210,13 @@ def evaluate(maml: MAML, config: OmniglotConfig, data: OmniglotClasses, tasks: i
     final = summary[max(steps)]
     return {"accuracy": final[0], "ci95": final[1], "tasks": tasks, "steps": max(steps),
             "by_steps": {str(s): {"accuracy": m, "ci95": c} for s, (m, c) in summary.items()}}
+
+
+def with_shots(config: OmniglotConfig, shots: int) -> OmniglotConfig:
+    """``config`` on K-shot tasks of ``shots`` support images per class (and as many queries, unless the run set
+    its own number): the network does not depend on K, so a learner meta-trained at one K adapts at another."""
+    check_value("shots", shots, integer(1))
+    return dataclasses.replace(config, shots=shots)
 
 
 def config_from_workdir(workdir: str) -> OmniglotConfig:
