@@ -12,6 +12,16 @@ from tf_maml.serving import read_metadata, resolve_version_dir
 SAVED = pathlib.Path(__file__).resolve().parents[2] / "saved_models"
 
 
+def served_accuracy(version: str, classes, ways: int, shots: int, episodes: int = 20) -> float:
+    """Accuracy of the served ``adapt_and_predict`` on one query per class of fresh meta-test episodes."""
+    served = tf.saved_model.load(version).signatures["adapt_and_predict"]
+    correct = []
+    for sx, sy, qx, qy in omniglot_episodes(classes, ways, shots, 1, meta_batch=None, seed=2024).take(episodes):
+        logits = served(support_x=sx, support_y=tf.cast(sy, tf.int32), query_x=qx)["predictions"]
+        correct.append(np.mean(np.argmax(logits, -1) == qy.numpy()))
+    return float(np.mean(correct))
+
+
 @pytest.mark.parametrize("name,ways,floor", [("omniglot_5way1shot", 5, 0.9), ("omniglot_20way1shot", 20, 0.75)])
 def test_served_adapt_and_predict_on_meta_test_characters(paper_classes, name, ways, floor):
     if not (SAVED / name).exists():
@@ -20,10 +30,13 @@ def test_served_adapt_and_predict_on_meta_test_characters(paper_classes, name, w
     meta = read_metadata(version)
     assert meta["meta_test_tfds_label_ids"] == sorted(int(i) for i in paper_classes.meta_test.label_ids)
     assert meta["num_classes"] == ways and meta["training"]["meta_steps"] > 0
-    served = tf.saved_model.load(version).signatures["adapt_and_predict"]
-    episodes = omniglot_episodes(paper_classes.meta_test, ways, 1, 1, meta_batch=None, seed=2024)
-    correct = []
-    for sx, sy, qx, qy in episodes.take(20):
-        logits = served(support_x=sx, support_y=tf.cast(sy, tf.int32), query_x=qx)["predictions"]
-        correct.append(np.mean(np.argmax(logits, -1) == qy.numpy()))
-    assert np.mean(correct) > floor, np.mean(correct)
+    accuracy = served_accuracy(version, paper_classes.meta_test, ways, meta["config"]["shots"])
+    assert accuracy > floor, accuracy
+
+
+def test_a_one_shot_learner_served_five_shots_does_better(paper_classes):
+    """The network does not depend on K: the 20-way 1-shot meta-learner adapts on 5 images per class, and
+    the extra support images help it (``eval_omniglot.py --shots 5``)."""
+    version = resolve_version_dir(str(SAVED / "omniglot_20way1shot"))
+    one, five = (served_accuracy(version, paper_classes.meta_test, 20, shots) for shots in (1, 5))
+    assert five > max(one + 0.02, 0.9), (one, five)
