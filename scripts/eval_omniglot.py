@@ -22,8 +22,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=flag_type(integer(1)), default=600, help="meta-test tasks (default 600)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shots", type=flag_type(integer(1)),
-                        help="support (and query) images per class, if not those the learner was meta-trained with "
-                             "(e.g. a 1-shot learner on 5-shot tasks); the ways are the model's")
+                        help="support images per class (and query images, unless the run set its own number), if "
+                             "not those the learner was meta-trained with (e.g. a 1-shot learner on 5-shot tasks); "
+                             "the ways are the model's")
     parser.add_argument("--steps", type=flag_type(integer(0)), nargs="+",
                         help="adaptation steps to report (default 0, train, eval steps)")
     omniglot.add_data_arguments(parser)
@@ -34,16 +35,16 @@ def main() -> None:
     run_tasks_in_parallel()
     try:
         maml, config = omniglot.load_for_evaluation(workdir=args.workdir, saved_model=args.saved_model)
+        if args.shots:
+            config = omniglot.with_shots(config, args.shots)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
-    if args.shots:
-        config = omniglot.with_shots(config, args.shots)
     data = omniglot.load_classes(args, config.split, parser)
     if args.json:  # before minutes of evaluation, not after
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=args.seed,
                                 steps=tuple(args.steps) if args.steps else None)
-    results["shots"] = config.shots
+    results.update(shots=config.shots, queries=config.queries or config.shots)
     results["meta_steps"] = maml.meta_steps_done() if getattr(maml, "optimizer", None) else None
     print(json.dumps(results, indent=2))
     if args.json:

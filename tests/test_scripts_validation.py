@@ -177,6 +177,11 @@ def test_task_counts_are_checked_as_the_flags_they_are(tmp_path, script_error):
                                                                                 "--tasks", "-3")
     assert "argument --steps: must be an integer >= 0, got -1" in script_error("eval_omniglot", "--saved-model", model,
                                                                                 "--steps", "-1")
+    assert "argument --shots: must be an integer >= 1, got 0" in script_error("eval_omniglot", "--saved-model", model,
+                                                                               "--shots", "0")
+    # Checked before the data is loaded: this test has no Omniglot copy to reach.
+    assert "need 22 drawings of each character; Omniglot has 20" in script_error(
+        "eval_omniglot", "--saved-model", model, "--shots", "11", "--offline", "--data-dir", str(tmp_path / "none"))
     # 0 evaluation tasks made eval.json hold NaN (not JSON); not evaluating is not an option of this script.
     assert "argument --eval-tasks: must be an integer >= 1, got 0" in script_error(
         "train_omniglot", "--workdir", str(tmp_path / "run"), "--eval-tasks", "0")

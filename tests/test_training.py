@@ -160,16 +160,37 @@ def test_a_continuation_may_go_on_at_another_k_shot(tmp_path):
     maml = omniglot.build_meta_learner(config)
     assert start_from_export(maml, export, workdir, config) == shipped["meta_steps_trained"]
     omniglot.training.save_config(config, workdir)
-    assert read_budget(os.path.join(workdir, "budget.json"))["changed_at_start"] == {"shots": [1, 5]}
+    step = shipped["meta_steps_trained"]
+    budget = read_budget(os.path.join(workdir, "budget.json"))
+    assert budget["changes"] == [{"meta_step": step, "from": serving.source_path(serving.resolve_version_dir(export)),
+                                  "settings": {"shots": [1, 5]}}]
     for again in ("20way5shot", None):  # a rerun, with or without the preset, resumes the 5-shot run
         assert omniglot.config_for_run(again, {"meta_steps": 20_000}, workdir, init_from=export)[0] == config
     with pytest.raises(ValueError, match="shots: asked 1, run has 5"):
         omniglot.config_for_run("20way1shot", {}, workdir, init_from=export)
     with pytest.raises(ValueError, match="ways: asked 5, run has 20"):
         omniglot.config_for_run("5way5shot", {}, str(tmp_path / "other"), init_from=export)
-    assert omniglot.with_shots(exported, 5) == dataclasses.replace(exported, shots=5)
+
+    # Exported and continued again (back at 1 shot): the first change stays on the record.
+    five_shot = serving.export_meta_learner(maml, str(tmp_path / "models"), "five_shot",
+                                            metadata={"config": dataclasses.asdict(config), "training": budget})
+    back, _ = omniglot.config_for_run("20way1shot", {}, str(tmp_path / "back"), init_from=five_shot)
+    start_from_export(omniglot.build_meta_learner(back), five_shot, str(tmp_path / "back"), back)
+    changes = read_budget(str(tmp_path / "back" / "budget.json"))["changes"]
+    assert [c["settings"] for c in changes] == [{"shots": [1, 5]}, {"shots": [5, 1]}]
+
+    # Without --preset, an export whose N-way K-shot is no preset is not quietly moved to the default's K.
+    three_shot = dataclasses.replace(omniglot.PRESETS["5way1shot"], shots=3)
+    odd = serving.export_meta_learner(omniglot.build_meta_learner(three_shot), str(tmp_path / "models"), "odd",
+                                      metadata={"config": dataclasses.asdict(three_shot)})
+    with pytest.raises(ValueError, match="shots: asked 1, run has 3"):
+        omniglot.config_for_run(None, {}, str(tmp_path / "odd"), init_from=odd)
+
+    assert omniglot.with_shots(exported, 10) == dataclasses.replace(exported, shots=10)
     with pytest.raises(ValueError, match="shots"):
         omniglot.with_shots(exported, 0)
+    with pytest.raises(ValueError, match="11 shots and 11 queries per class need 22 drawings .* at most 10 shots"):
+        omniglot.with_shots(exported, 11)
 
 
 def test_a_continuation_may_anneal_the_rate_its_export_kept_constant(tmp_path):

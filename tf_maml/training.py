@@ -225,9 +225,10 @@ def start_from_export(maml: MAML, export: str, workdir: str, config: object | No
     the episode stream is indexed by step, so the batches are those the original run would have seen next. Build
     ``maml`` with the export's settings (:func:`config_for_run` with ``init_from``). A rerun of the same command
     resumes from the run's own checkpoints; a run that did not start from this export is refused. With the run's
-    ``config`` (a dataclass), the budget records the settings it changed from the export's (``changed_at_start``).
+    ``config`` (a dataclass), the budget's ``changes`` (carried over from the export's, as its budget is) gains
+    the settings this run changed from the export's, with the meta-step and export they changed at.
     """
-    from tf_maml.serving import load, read_metadata, resolve_version_dir
+    from tf_maml.serving import load, read_metadata, resolve_version_dir, source_path
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
     budget_path = os.path.join(workdir, "budget.json")
@@ -261,12 +262,15 @@ def start_from_export(maml: MAML, export: str, workdir: str, config: object | No
     spent = metadata.get("training") or {}
     budget = {**EMPTY_BUDGET, **{k: spent[k] for k in EMPTY_BUDGET if k in spent}, "meta_steps": step,
               "initialised_from": source}
+    changes = list(spent.get("changes", []))
     if config is not None:
         theirs = metadata.get("config") or {}
         changed = {k: [theirs[k], v] for k, v in dataclasses.asdict(config).items()
                    if k != "meta_steps" and k in theirs and theirs[k] != v}
         if changed:
-            budget["changed_at_start"] = changed
+            changes.append({"meta_step": step, "from": source_path(source), "settings": changed})
+    if changes:
+        budget["changes"] = changes
     os.makedirs(workdir, exist_ok=True)
     with open(budget_path, "w") as f:
         json.dump(budget, f, indent=2)

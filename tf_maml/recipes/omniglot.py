@@ -11,7 +11,8 @@ import keras
 
 from tf_maml import training
 from tf_maml.callbacks import EpisodeImages
-from tf_maml.data.omniglot import OmniglotClasses, OmniglotNotFoundError, load_omniglot_classes, omniglot_episodes
+from tf_maml.data.omniglot import (EXAMPLES_PER_CLASS, OmniglotClasses, OmniglotNotFoundError, load_omniglot_classes,
+                                   omniglot_episodes)
 from tf_maml.evaluation import scores_after_adaptation, summarize, task_accuracy
 from tf_maml.maml import (BATCH_NORM_MODES, LEARN_INNER_LR, MAML, TASK_EXECUTIONS, learn_inner_lr_problem,
                           per_step_batch_norm_problem)
@@ -93,11 +94,13 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
                    init_from: str | None = None, warm_restart: bool = False) -> tuple[OmniglotConfig, str]:
     """The settings of a training run and its directory (default ``runs/<name>``); an existing run keeps
     its own settings, a run continuing an export (``init_from``) takes the export's (see
-    :func:`tf_maml.training.config_for_run`), and another preset's N-way K-shot is refused. With no
-    ``preset``, that of the run or export (so resuming a 20-way run needs no ``--preset``), else 5-way 1-shot.
-    A continuation may go on at another K-shot (``--preset 20way5shot`` from a 20-way 1-shot export): the
-    network does not depend on K. ``warm_restart``: the continuation begins the cosine annealing of the meta learning rate again at the export's
-    step, from ``meta_lr`` (an export that anneals otherwise goes on with its own schedule)."""
+    :func:`tf_maml.training.config_for_run`). With no ``preset``, that of the run or export (so resuming a
+    20-way run needs no ``--preset``), else 5-way 1-shot. Another N-way than the run's or export's is refused,
+    and so is another K-shot on resume; a new continuation may go on at the K-shot of a ``preset`` asked for
+    (``--preset 20way5shot`` from a 20-way 1-shot export): the network does not depend on K. ``warm_restart``:
+    the continuation begins the cosine annealing of the meta learning rate again at the export's step, from
+    ``meta_lr`` (an export that anneals otherwise goes on with its own schedule)."""
+    asked_preset = preset is not None
     preset = preset or _preset_of(workdir, init_from) or DEFAULT_PRESET
     named = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if k in ("ways", "shots")})
     workdir = workdir or os.path.join("runs", named.name)
@@ -106,7 +109,7 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
     config = named if continuing else dataclasses.replace(PRESETS[preset], **overrides)
     config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from,
                                      schedules={"cosine_meta_lr": "cosine_meta_lr_from"}, restart=warm_restart,
-                                     retarget=("shots",))
+                                     retarget=("shots",) if asked_preset else ())
     return config, workdir
 
 
@@ -216,6 +219,11 @@ def with_shots(config: OmniglotConfig, shots: int) -> OmniglotConfig:
     """``config`` on K-shot tasks of ``shots`` support images per class (and as many queries, unless the run set
     its own number): the network does not depend on K, so a learner meta-trained at one K adapts at another."""
     check_value("shots", shots, integer(1))
+    queries = config.queries or shots
+    if shots + queries > EXAMPLES_PER_CLASS:
+        raise ValueError(f"{shots} shots and {queries} queries per class need {shots + queries} drawings of each "
+                         f"character; Omniglot has {EXAMPLES_PER_CLASS} (support and query are disjoint): ask for "
+                         f"at most {EXAMPLES_PER_CLASS - (config.queries or EXAMPLES_PER_CLASS // 2)} shots.")
     return dataclasses.replace(config, shots=shots)
 
 
