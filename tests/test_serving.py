@@ -356,7 +356,7 @@ def test_source_paths_in_metadata_do_not_leak_the_training_machines_directories(
     assert serving.source_path("runs/x/checkpoints") == os.path.join("runs", "x", "checkpoints")
     assert serving.source_path(str(tmp_path / "project" / "runs" / "x")) == os.path.join("runs", "x")
     assert serving.source_path("../elsewhere/model.keras") == str(tmp_path / "elsewhere" / "model.keras")
-    for name in ("omniglot_5way1shot", "omniglot_20way1shot", "sinusoid"):
+    for name in ("omniglot_5way1shot", "omniglot_5way5shot", "omniglot_20way1shot", "sinusoid"):
         meta = serving.read_metadata(str(REPO / "saved_models" / name))
         sources = [v for k, v in meta.items() if k.startswith("source_")]
         assert sources and not any(os.path.isabs(p) for p in sources), (name, sources)

@@ -22,7 +22,8 @@ def served_accuracy(version: str, classes, ways: int, shots: int, episodes: int 
     return float(np.mean(correct))
 
 
-@pytest.mark.parametrize("name,ways,floor", [("omniglot_5way1shot", 5, 0.9), ("omniglot_20way1shot", 20, 0.75)])
+@pytest.mark.parametrize("name,ways,floor", [("omniglot_5way1shot", 5, 0.9), ("omniglot_5way5shot", 5, 0.95),
+                                             ("omniglot_20way1shot", 20, 0.75)])
 def test_served_adapt_and_predict_on_meta_test_characters(paper_classes, name, ways, floor):
     if not (SAVED / name).exists():
         pytest.skip(f"{name} is not shipped")
