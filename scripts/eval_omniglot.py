@@ -44,7 +44,7 @@ def main() -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=args.seed,
                                 steps=tuple(args.steps) if args.steps else None)
-    results.update(shots=config.shots, queries=config.queries or config.shots)
+    results.update(shots=config.shots, queries=config.query_count)
     results["meta_steps"] = maml.meta_steps_done() if getattr(maml, "optimizer", None) else None
     print(json.dumps(results, indent=2))
     if args.json:

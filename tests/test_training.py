@@ -191,6 +191,11 @@ def test_a_continuation_may_go_on_at_another_k_shot(tmp_path):
         omniglot.with_shots(exported, 0)
     with pytest.raises(ValueError, match="11 shots and 11 queries per class need 22 drawings .* at most 10 shots"):
         omniglot.with_shots(exported, 11)
+    assert omniglot.with_shots(exported, 5).query_count == 5  # K queries follow the shots...
+    fixed = dataclasses.replace(exported, queries=15)
+    assert omniglot.with_shots(fixed, 5).query_count == 15  # ...unless the run fixed its own number
+    with pytest.raises(ValueError, match="6 shots and 15 queries per class need 21 drawings .* at most 5 shots"):
+        omniglot.with_shots(fixed, 6)
 
 
 def test_a_continuation_may_anneal_the_rate_its_export_kept_constant(tmp_path):

@@ -78,6 +78,11 @@ class OmniglotConfig:
     def name(self) -> str:
         return f"omniglot_{self.ways}way{self.shots}shot"
 
+    @property
+    def query_count(self) -> int:
+        """Query images per class: ``queries``, or as many as the shots (the paper's K queries)."""
+        return self.queries or self.shots
+
 
 PRESETS = {
     "5way1shot": OmniglotConfig(),
@@ -176,7 +181,7 @@ def meta_learning_rate(config: OmniglotConfig) -> float | keras.optimizers.sched
 
 
 def episodes(config: OmniglotConfig, split, seed: int, start_step: int = 0, meta_batch: int | None = None):
-    return omniglot_episodes(split, config.ways, config.shots, config.queries or config.shots,
+    return omniglot_episodes(split, config.ways, config.shots, config.query_count,
                              meta_batch or config.meta_batch, seed, start_step=start_step)
 
 
@@ -219,12 +224,13 @@ def with_shots(config: OmniglotConfig, shots: int) -> OmniglotConfig:
     """``config`` on K-shot tasks of ``shots`` support images per class (and as many queries, unless the run set
     its own number): the network does not depend on K, so a learner meta-trained at one K adapts at another."""
     check_value("shots", shots, integer(1))
-    queries = config.queries or shots
+    served = dataclasses.replace(config, shots=shots)
+    queries = served.query_count
     if shots + queries > EXAMPLES_PER_CLASS:
         raise ValueError(f"{shots} shots and {queries} queries per class need {shots + queries} drawings of each "
                          f"character; Omniglot has {EXAMPLES_PER_CLASS} (support and query are disjoint): ask for "
                          f"at most {EXAMPLES_PER_CLASS - (config.queries or EXAMPLES_PER_CLASS // 2)} shots.")
-    return dataclasses.replace(config, shots=shots)
+    return served
 
 
 def config_from_workdir(workdir: str) -> OmniglotConfig:
