@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(sinusoid.PRESETS), default="paper")
     parser.add_argument("--workdir", help="run directory (default runs/sinusoid_<preset>); rerunning resumes it "
                                           "with its own settings (only --meta-steps may change)")
-    parser.add_argument("--shots", type=int, help="K support (and query) points per task: 5, 10 or 20")
+    parser.add_argument("--shots", type=int, help="K support (and query) points per task (the paper: 5, 10 or 20)")
     parser.add_argument("--meta-steps", type=int,
                         help="total meta-steps, >= 1 and a multiple of the preset's steps_per_epoch")
     parser.add_argument("--first-order", action="store_true")

@@ -120,16 +120,23 @@ def _jsonable(value):
     raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON-serialisable.")
 
 
-def _model_metadata(model: keras.Model) -> dict[str, Any]:
+def provenance() -> dict[str, str]:
+    """What made an export and when: every export's metadata carries it, so a served model can be traced."""
     import tf_maml
 
-    out_shape = list(model.output_shape[1:])
     return {
-        "format": METADATA_FORMAT,
         "tf_maml_version": tf_maml.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _model_metadata(model: keras.Model) -> dict[str, Any]:
+    out_shape = list(model.output_shape[1:])
+    return {
+        "format": METADATA_FORMAT,
+        **provenance(),
         "model_name": model.name,
         "input_shape": list(model.input_shape[1:]),
         "input_dtype": _input_spec(model).dtype.name,

@@ -37,6 +37,7 @@ def test_export_adapted_policy_roundtrip_in_fresh_process(tmp_path):
     with open(os.path.join(path, "assets", "tf_maml.json")) as f:
         meta = json.load(f)
     assert meta["task"] == task and meta["adaptation"]["steps"] == 1 and meta["action_dim"] == 2
+    assert meta["tensorflow_version"] == tf.__version__ and meta["exported_at"]  # traceable, as every export
 
     obs = np.random.default_rng(0).uniform(-0.5, 0.5, size=(16, 2)).astype(np.float32)
     np.save(tmp_path / "obs.npy", obs)

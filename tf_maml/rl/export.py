@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tf_maml.rl.envs.base import Task
 from tf_maml.rl.policy import distribution
-from tf_maml.serving import METADATA_ASSET, write_version
+from tf_maml.serving import METADATA_ASSET, provenance, write_version
 
 
 class PolicyModule(tf.Module):
@@ -73,6 +73,7 @@ def export_policy(
     """
     meta = {
         "format": "tf_maml.rl.export/1",
+        **provenance(),
         "kind": "policy",
         "observation_dim": int(model.input_shape[-1]),
         "action_dim": int(model.output_shape[-1]) // 2,
