@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Accuracy of a meta-trained Omniglot learner on freshly sampled meta-test tasks (mean and 95% CI)."""
+"""Accuracy of a meta-trained Omniglot learner on freshly sampled meta-test tasks (mean and 95% CI); with
+``--classes validation``, on meta-validation characters, to choose settings such as ``--steps`` there."""
 
 import argparse
 import json
@@ -27,6 +28,9 @@ def main() -> None:
                              "the ways are the model's")
     parser.add_argument("--steps", type=flag_type(integer(0)), nargs="+",
                         help="adaptation steps to report (default 0, train, eval steps)")
+    parser.add_argument("--classes", choices=omniglot.EVALUATION_CLASSES, default="test",
+                        help="characters the tasks are drawn from: meta-test (default, the reported figure) or "
+                             "meta-validation (held out of meta-training too: choose --steps or --shots there)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here')
     args = parser.parse_args()
@@ -43,7 +47,7 @@ def main() -> None:
     if args.json:  # before minutes of evaluation, not after
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=args.seed,
-                                steps=tuple(args.steps) if args.steps else None)
+                                steps=tuple(args.steps) if args.steps else None, classes=args.classes)
     results.update(shots=config.shots, queries=config.query_count)
     results["meta_steps"] = maml.meta_steps_done() if getattr(maml, "optimizer", None) else None
     print(json.dumps(results, indent=2))

@@ -43,3 +43,24 @@ def test_a_one_shot_learner_served_five_shots_does_better(paper_classes):
     version = resolve_version_dir(str(SAVED / "omniglot_20way1shot"))
     one, five = (served_accuracy(version, paper_classes.meta_test, 20, shots) for shots in (1, 5))
     assert five > max(one + 0.02, 0.9), (one, five)
+
+
+def test_evaluation_on_validation_characters_draws_from_them_only(paper_classes):
+    """``eval_omniglot.py --classes validation``: tasks from the meta-validation characters, so settings are
+    chosen without looking at the meta-test ones; the same draws as a meta-test evaluation would make there."""
+    import dataclasses
+
+    from tf_maml.recipes import omniglot
+
+    if not (SAVED / "omniglot_5way1shot").exists():
+        pytest.skip("omniglot_5way1shot is not shipped")
+    maml, config = omniglot.load_for_evaluation(saved_model=str(SAVED / "omniglot_5way1shot"))
+    run = lambda data, classes: omniglot.evaluate(maml, config, data, 8, seed=3, steps=(0, 1), classes=classes)  # noqa: E731
+    on_validation = run(paper_classes, "validation")
+    moved = dataclasses.replace(paper_classes, meta_test=paper_classes.meta_val)  # validation characters as "test"
+    assert on_validation["by_steps"] == run(moved, "test")["by_steps"] and on_validation["classes"] == "validation"
+    assert on_validation["accuracy"] > 0.8  # characters it never trained on, adapted in one step
+    with pytest.raises(ValueError, match="classes='validation' needs meta-validation characters"):
+        run(dataclasses.replace(paper_classes, meta_val=None), "validation")
+    with pytest.raises(ValueError, match="classes"):
+        run(paper_classes, "train")

@@ -207,16 +207,26 @@ def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = N
     return maml
 
 
+EVALUATION_CLASSES = ("test", "validation")
+
+
 def evaluate(maml: MAML, config: OmniglotConfig, data: OmniglotClasses, tasks: int, seed: int,
-             steps: tuple[int, ...] | None = None) -> dict:
-    """Accuracy on freshly sampled meta-test tasks, mean and 95% interval, after each number of steps."""
+             steps: tuple[int, ...] | None = None, classes: str = "test") -> dict:
+    """Accuracy on freshly sampled tasks, mean and 95% interval, after each number of steps: on meta-test
+    characters, or (``classes="validation"``) on the meta-validation ones, where choices such as the number of
+    test-time steps can be made without looking at the characters the result is reported on."""
     check_value("tasks", tasks, integer(1))
+    check_value("classes", classes, one_of(*EVALUATION_CLASSES))
+    split = data.meta_test if classes == "test" else data.meta_val
+    if split is None:
+        raise ValueError("classes='validation' needs meta-validation characters: load the classes with "
+                         "validation=True (the scripts do).")
     steps = steps or (0, config.inner_steps, config.eval_inner_steps)
-    test = episodes(config, data.meta_test, seed + 1_000_003, meta_batch=min(tasks, 50))
-    scores = scores_after_adaptation(maml, test, steps, task_accuracy, tasks)
+    sampled = episodes(config, split, seed + 1_000_003, meta_batch=min(tasks, 50))
+    scores = scores_after_adaptation(maml, sampled, steps, task_accuracy, tasks)
     summary = summarize(scores)
     final = summary[max(steps)]
-    return {"accuracy": final[0], "ci95": final[1], "tasks": tasks, "steps": max(steps),
+    return {"accuracy": final[0], "ci95": final[1], "tasks": tasks, "steps": max(steps), "classes": classes,
             "by_steps": {str(s): {"accuracy": m, "ci95": c} for s, (m, c) in summary.items()}}
 
 
