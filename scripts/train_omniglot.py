@@ -19,7 +19,8 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(omniglot.PRESETS),
                         help="N-way K-shot with the paper's settings (default: the run's or --init-from's own, "
                              f"else {omniglot.DEFAULT_PRESET})")
-    parser.add_argument("--workdir", help="checkpoints, logs and results (default runs/omniglot_<preset>, e.g. runs/omniglot_5way1shot)")
+    parser.add_argument("--workdir", help="checkpoints, logs and results "
+                                          "(default runs/omniglot_<preset>, e.g. runs/omniglot_5way1shot)")
     parser.add_argument("--meta-steps", type=int,
                         help="total meta-steps, a multiple of --steps-per-epoch (the paper: 60,000)")
     parser.add_argument("--steps-per-epoch", type=int, help="meta-steps between checkpoints and validation")

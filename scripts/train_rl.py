@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--meta-batch-size", type=int)
     p.add_argument("--n-traj", type=int)
     p.add_argument("--sample-budget", choices=["episodes", "steps"],
-                   help="--n-traj whole episodes per task, or --n-traj × horizon steps of whole episodes, a step budget "
-                        "as rllab kept (episodes that end early count more); default: the preset's (steps for "
+                   help="--n-traj whole episodes per task, or --n-traj × horizon steps of whole episodes, a step "
+                        "budget as rllab kept (episodes that end early count more); default: the preset's (steps for "
                         "navigation2d, episodes for MuJoCo)")
     p.add_argument("--fast-lr", type=float)
     p.add_argument("--inner-steps", type=int)
