@@ -30,7 +30,7 @@ def main() -> None:
                         help="adaptation steps to report (default 0, train, eval steps)")
     parser.add_argument("--classes", choices=omniglot.EVALUATION_CLASSES, default="test",
                         help="characters the tasks are drawn from: meta-test (default, the reported figure) or "
-                             "meta-validation (held out of meta-training too: choose --steps or --shots there)")
+                             "meta-validation (never trained on either: choose --steps or --shots there)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here')
     args = parser.parse_args()

@@ -179,6 +179,8 @@ def test_task_counts_are_checked_as_the_flags_they_are(tmp_path, script_error):
                                                                                 "--steps", "-1")
     assert "argument --shots: must be an integer >= 1, got 0" in script_error("eval_omniglot", "--saved-model", model,
                                                                                "--shots", "0")
+    assert "argument --classes: invalid choice: 'train'" in script_error("eval_omniglot", "--saved-model", model,
+                                                                          "--classes", "train")
     # Checked before the data is loaded: this test has no Omniglot copy to reach.
     assert "need 22 drawings of each character; Omniglot has 20" in script_error(
         "eval_omniglot", "--saved-model", model, "--shots", "11", "--offline", "--data-dir", str(tmp_path / "none"))

@@ -37,7 +37,11 @@ def test_export_adapted_policy_roundtrip_in_fresh_process(tmp_path):
     with open(os.path.join(path, "assets", "tf_maml.json")) as f:
         meta = json.load(f)
     assert meta["task"] == task and meta["adaptation"]["steps"] == 1 and meta["action_dim"] == 2
-    assert meta["tensorflow_version"] == tf.__version__ and meta["exported_at"]  # traceable, as every export
+    import keras
+    import tf_maml
+
+    assert (meta["tf_maml_version"], meta["tensorflow_version"], meta["keras_version"]) == (
+        tf_maml.__version__, tf.__version__, keras.__version__) and meta["exported_at"]  # traceable, as every export
 
     obs = np.random.default_rng(0).uniform(-0.5, 0.5, size=(16, 2)).astype(np.float32)
     np.save(tmp_path / "obs.npy", obs)
