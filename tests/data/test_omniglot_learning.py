@@ -1,13 +1,16 @@
 """A short real meta-training on Omniglot learns: unseen characters are classified far above chance."""
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 
 from tf_maml.recipes import omniglot
+from tf_maml.serving import read_metadata
 
 
-def test_short_meta_training_beats_chance_on_unseen_characters(paper_classes, tmp_path):
+def test_short_meta_training_beats_chance_on_unseen_characters(paper_classes, tmp_path, monkeypatch):
     config = dataclasses.replace(
         omniglot.PRESETS["5way1shot"], meta_batch=8, meta_steps=80, steps_per_epoch=40,
         eval_inner_steps=5, task_execution="map", validation_tasks=8,
@@ -22,3 +25,14 @@ def test_short_meta_training_beats_chance_on_unseen_characters(paper_classes, tm
     assert not set(paper_classes.meta_test.label_ids) & set(paper_classes.meta_train.label_ids)
     assert (tmp_path / "budget.json").exists() and (tmp_path / "maml.keras").exists()
     assert np.isfinite(results["ci95"])
+
+    # Exported with the budget a continuation writes: no path of the training machine ships.
+    monkeypatch.chdir(tmp_path)
+    budget = json.loads((tmp_path / "budget.json").read_text())
+    origin = str(tmp_path / "saved_models" / "omniglot_5way1shot" / "3")
+    budget.update(initialised_from=origin, changes=[{"meta_step": 40, "from": origin, "settings": {"shots": [1, 5]}}])
+    (tmp_path / "budget.json").write_text(json.dumps(budget))
+    training = read_metadata(omniglot.export(str(tmp_path), str(tmp_path / "models"), paper_classes, results))["training"]
+    local = os.path.join("saved_models", "omniglot_5way1shot", "3")
+    assert training["initialised_from"] == local and training["changes"][0]["from"] == local
+    assert training["meta_steps"] == 80 and training["changes"][0]["settings"] == {"shots": [1, 5]}
