@@ -1,5 +1,6 @@
 """The shipped Omniglot meta-learners adapt at serving time to characters they never saw."""
 
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tf_maml.data.omniglot import omniglot_episodes
+from tf_maml.recipes import omniglot
 from tf_maml.serving import read_metadata, resolve_version_dir
 
 SAVED = pathlib.Path(__file__).resolve().parents[2] / "saved_models"
@@ -48,10 +50,6 @@ def test_a_one_shot_learner_served_five_shots_does_better(paper_classes):
 def test_evaluation_on_validation_characters_draws_from_them_only(paper_classes):
     """``eval_omniglot.py --classes validation``: tasks from the meta-validation characters, so settings are
     chosen without looking at the meta-test ones; the same draws as a meta-test evaluation would make there."""
-    import dataclasses
-
-    from tf_maml.recipes import omniglot
-
     if not (SAVED / "omniglot_5way1shot").exists():
         pytest.skip("omniglot_5way1shot is not shipped")
     maml, config = omniglot.load_for_evaluation(saved_model=str(SAVED / "omniglot_5way1shot"))

@@ -4,10 +4,12 @@ import re
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import tf_maml
 from tf_maml.rl import export as rl_export
 from tf_maml.rl.policy import build_policy, distribution, policy_params
 from tf_maml.rl.sampler import Sampler
@@ -37,9 +39,6 @@ def test_export_adapted_policy_roundtrip_in_fresh_process(tmp_path):
     with open(os.path.join(path, "assets", "tf_maml.json")) as f:
         meta = json.load(f)
     assert meta["task"] == task and meta["adaptation"]["steps"] == 1 and meta["action_dim"] == 2
-    import keras
-    import tf_maml
-
     assert (meta["tf_maml_version"], meta["tensorflow_version"], meta["keras_version"]) == (
         tf_maml.__version__, tf.__version__, keras.__version__) and meta["exported_at"]  # traceable, as every export
 

@@ -275,9 +275,8 @@ def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | N
     budget["meta_steps"] = maml.meta_steps_done()
     if "initialised_from" in budget:  # an absolute path of this machine, kept out of what ships
         budget["initialised_from"] = source_path(budget["initialised_from"])
-    budget["changes"] = [{**change, "from": source_path(change["from"])} for change in budget.get("changes", [])]
-    if not budget["changes"]:
-        del budget["changes"]
+    if "changes" in budget:
+        budget["changes"] = [{**change, "from": source_path(change["from"])} for change in budget["changes"]]
     metadata = {
         "task_family": f"Omniglot {config.ways}-way {config.shots}-shot classification ({config.split} split)",
         "preprocessing": "TFDS omniglot 105x105 image, first channel, ink = 1 - pixel / 255, resized to 28x28 "
