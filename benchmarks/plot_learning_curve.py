@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 
@@ -12,19 +11,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from tf_maml.event_logs import read_scalars  # noqa: E402
 
 
-def read_scalars(logdir: str, tag: str, steps_per_epoch: int) -> tuple[list[int], list[float]]:
-    """(meta-step, value) pairs of an epoch-level Keras scalar such as ``epoch_accuracy``."""
-    points = {}
-    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    points[(event.step + 1) * steps_per_epoch] = float(tf.make_ndarray(value.tensor))
-    steps = sorted(points)
-    return steps, [points[s] for s in steps]
+def epoch_curve(logdir: str, tag: str, steps_per_epoch: int) -> tuple[list[int], list[float]]:
+    """(meta-step, value) pairs of an epoch-level Keras scalar such as ``epoch_accuracy``: Keras logs epoch
+    ``e`` (0-based) at step ``e``, after meta-step ``(e + 1) * steps_per_epoch``."""
+    by_epoch = read_scalars(logdir).get(tag, {})
+    return [(e + 1) * steps_per_epoch for e in sorted(by_epoch)], [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def main() -> None:
@@ -37,7 +32,7 @@ def main() -> None:
         with open(os.path.join(workdir, "config.json")) as f:
             spe = json.load(f)["steps_per_epoch"]
         for split, style in (("train", ":"), ("validation", "-")):
-            steps, acc = read_scalars(os.path.join(workdir, "logs", split), "epoch_accuracy", spe)
+            steps, acc = epoch_curve(os.path.join(workdir, "logs", split), "epoch_accuracy", spe)
             if steps:
                 ax.plot(steps, acc, style, label=f"{os.path.basename(workdir.rstrip('/'))} ({split})")
     ax.set_xlabel("meta-steps")

@@ -25,7 +25,10 @@ def episode_grid(support_x: np.ndarray, support_y: np.ndarray, query_x: np.ndarr
 
 class EpisodeImages(keras.callbacks.Callback):
     """Writes an image grid of the first task of an episode batch to TensorBoard when training starts,
-    so a run's logs show what the learner was actually fed."""
+    so a run's logs show what the learner was actually fed.
+
+    The step is the epoch training starts at, the x-axis of the epoch scalars Keras' ``TensorBoard`` writes.
+    """
 
     def __init__(self, logdir: str, episode_batch, name: str = "episode") -> None:
         super().__init__()
@@ -36,4 +39,5 @@ class EpisodeImages(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         grid = episode_grid(*self.batch)
         with tf.summary.create_file_writer(self.logdir).as_default():
-            tf.summary.image(self.name, grid[None].astype(np.float32), step=self.model.meta_steps_done())
+            epoch = self.model.meta_steps_done() // (self.params.get("steps") or 1)
+            tf.summary.image(self.name, grid[None].astype(np.float32), step=epoch)

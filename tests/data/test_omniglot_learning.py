@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from tf_maml.event_logs import decode_image, read_events, read_scalars
 from tf_maml.recipes import omniglot
 from tf_maml.serving import read_metadata
 
@@ -25,6 +26,19 @@ def test_short_meta_training_beats_chance_on_unseen_characters(paper_classes, tm
     assert not set(paper_classes.meta_test.label_ids) & set(paper_classes.meta_train.label_ids)
     assert (tmp_path / "budget.json").exists() and (tmp_path / "maml.keras").exists()
     assert np.isfinite(results["ci95"])
+
+    # TensorBoard: losses and accuracies per epoch (steps 0, 1), training and validation, and one episode's
+    # images on the same axis: 5 rows of 28 pixels, each its support image, a gap and its query image.
+    for split in ("train", "validation"):
+        scalars = read_scalars(str(tmp_path / "logs" / split))
+        for tag in ("epoch_loss", "epoch_accuracy", "epoch_pre_adaptation_loss"):
+            assert sorted(scalars[tag]) == [0, 1], (split, tag, scalars.get(tag))
+        assert scalars["epoch_accuracy"][1] > 0.3
+    images = read_events(str(tmp_path / "logs" / "train"))["episode"]
+    assert list(images) == [0]
+    grid = decode_image(images[0])
+    assert grid.shape[:2] == (5 * 28, 3 * 28)
+    assert grid[:, 28:56].std() == 0 and grid[:, :28].std() > 0  # the gap is blank; the images are not
 
     # Exported with the budget a continuation writes: no path of the training machine ships.
     monkeypatch.chdir(tmp_path)

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
+from tf_maml.event_logs import read_scalars
 from tf_maml.rl.evaluation import adaptation_returns
 from tf_maml.rl.maml_trpo import MAMLTRPO, MAMLTRPOConfig
 from tf_maml.rl.policy import policy_params
@@ -49,7 +50,12 @@ def test_navigation_meta_training_learns_and_resumes_exactly(tmp_path):
     m_b = resumed.step()
     assert m_a["return_pre"] == m_b["return_pre"] and m_a["return_post"] == m_b["return_post"]
     np.testing.assert_allclose(resumed.theta().numpy(), learner.theta().numpy(), rtol=0, atol=1e-6)
-    assert os.path.exists(os.path.join(logdir, "tensorboard"))
+    # TensorBoard: every iteration's returns, KL and line-search outcome, at its iteration number
+    scalars = read_scalars(os.path.join(logdir, "tensorboard"))
+    for tag in ("return_pre", "return_post", "kl", "line_search_accepted", "line_search_fraction"):
+        assert sorted(scalars[tag]) == list(range(1, 10)), tag
+        for m in history:
+            assert scalars[tag][m["iteration"]] == pytest.approx(m[tag], rel=1e-6), tag
     lines = open(os.path.join(logdir, "metrics.jsonl")).read().splitlines()
     assert json.loads(lines[-1])["iteration"] == 9
     learner.close()
