@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json")
     p.add_argument("--plot")
     p.add_argument("--no-random", action="store_true")
+    p.add_argument("--progress", action="store_true", help="a progress bar over each sampling's env steps")
     args = p.parse_args(argv)
     if args.pretrained_fast_lr is not None and not args.pretrained_logdir:
         p.error("--pretrained-fast-lr is the pretrained policy's rate: pass --pretrained-logdir too")
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     fast_lr = args.fast_lr if args.fast_lr is not None else cfg.fast_lr
     later_lr = args.later_lr if args.later_lr is not None else fast_lr * args.later_ratio
     sampler = learner.sampler
+    sampler.progress = args.progress
     tasks = sampler.sample_tasks(args.tasks, args.seed)
     args.n_traj = args.n_traj or max(1, 4000 // sampler.horizon)
     if args.sample_budget == "steps" and args.num_envs is not None and args.num_envs < args.n_traj:

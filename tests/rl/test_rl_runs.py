@@ -90,18 +90,24 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
                                   inner_steps=inner), str(tmp_path / name))
         learner.train(1)
         learner.close()
-    out = tmp_path / "eval.json"
+    out, figure = tmp_path / "eval.json", tmp_path / "figures" / "eval.png"
     results = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "pretrained"),
-                            "--tasks", "2", "--steps", "1", "--no-random", "--json", str(out)])
+                            "--tasks", "2", "--steps", "1", "--no-random", "--json", str(out), "--plot", str(figure),
+                            "--num-envs", "80"])
     assert results["n_traj"] == 40  # the paper's 4,000 steps per task at navigation's horizon of 100
     saved = json.loads(out.read_text())
     assert len(saved["returns"]) == 2 and len(saved["pretrained"]["returns"]) == 2 and saved["iteration"] == 1
     assert all(np.isfinite(saved["returns"])) and saved["returns"] == saved["maml"]["returns"]
+    from matplotlib.image import imread
+
+    assert imread(figure).shape[:2] == (420, 600)  # the Figure-5-style plot: 5 x 3.5 inches at 120 dpi
+    capsys.readouterr()
     # Subprocess envs and their number are speed choices: the same episodes (to the policy's float32 round-off
-    # between batch shapes), so the same returns.
+    # between batch shapes), so the same returns. (The other calls take all 80 episodes of a sampling at once.)
     again = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--steps", "1", "--no-random",
-                          "--vector-env", "async", "--num-envs", "3"])
+                          "--vector-env", "async", "--num-envs", "8", "--progress"])
     np.testing.assert_allclose(again["returns"], results["returns"], rtol=1e-4)
+    assert "sampling" in capsys.readouterr().err  # the progress bar
     # ... except that a step budget split over waves would change the sample
     with pytest.raises(SystemExit):
         eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--n-traj", "4", "--no-random",
@@ -113,16 +119,16 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     rl_export.main(["--logdir", str(tmp_path / "maml"), "--base", str(tmp_path / "models"), "--name", "meta",
                     "--steps", "0"])
     shipped = eval_rl.main(["--export", str(tmp_path / "models" / "meta"), "--tasks", "2", "--steps", "1",
-                            "--no-random"])
+                            "--no-random", "--num-envs", "80"])
     np.testing.assert_allclose(shipped["returns"], results["returns"], rtol=1e-6)
     assert shipped["iteration"] == 1
     # A baseline adapts at its own rate when given one (the paper's code tuned them): the pretrained run then
     # evaluates as it would on its own at that rate.
     tuned = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--pretrained-logdir", str(tmp_path / "pretrained"),
                           "--pretrained-fast-lr", "0.05", "--later-ratio", "0.1", "--tasks", "2", "--steps", "2",
-                          "--no-random"])
+                          "--no-random", "--num-envs", "80"])
     alone = eval_rl.main(["--logdir", str(tmp_path / "pretrained"), "--fast-lr", "0.05", "--later-lr", "0.005",
-                          "--tasks", "2", "--steps", "2", "--no-random"])
+                          "--tasks", "2", "--steps", "2", "--no-random", "--num-envs", "80"])
     assert (tuned["pretrained"]["fast_lr"], tuned["pretrained"]["later_lr"]) == pytest.approx((0.05, 0.005))
     assert (tuned["maml"]["fast_lr"], tuned["maml"]["later_lr"]) == pytest.approx((0.5, 0.05))
     np.testing.assert_allclose(tuned["pretrained"]["returns"], alone["returns"], rtol=1e-6)
@@ -137,7 +143,7 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     assert "which --no-random leaves out" in capsys.readouterr().err
     # The paper's evaluation code sampled a step budget (rllab); the choice is recorded with the figures.
     budget = eval_rl.main(["--logdir", str(tmp_path / "maml"), "--tasks", "2", "--steps", "1", "--no-random",
-                           "--sample-budget", "steps"])
+                           "--sample-budget", "steps", "--num-envs", "80"])
     assert budget["sample_budget"] == "steps" and results["sample_budget"] == "episodes"
     assert all(np.isfinite(budget["returns"]))
     with pytest.raises(SystemExit):
