@@ -12,7 +12,7 @@ inner steps (MSE, mean ± 95% interval). Meta-step time is the median over the t
 first (which includes tracing), in the same run for every variant, so the ratios compare; ``train_s`` is
 the whole training's wall time, tracing included. A variant whose meta-loss turns NaN
 (``MetaLossNotFiniteError``: learned rates can grow until the inner loop diverges) is reported with the
-meta-step where it stopped. ``--quick`` trains 200 steps on one seed (for the test suite: it checks the
+meta-step where it stopped. ``--quick`` trains 60 steps on one seed (for the test suite: it checks the
 benchmark runs, never the figures).
 """
 
@@ -89,7 +89,7 @@ def main() -> None:
     args = p.parse_args()
     meta_steps, steps_per_epoch, eval_tasks = args.meta_steps, 1000, 600
     if args.quick:
-        meta_steps, steps_per_epoch, eval_tasks, args.seeds = 200, 100, 100, args.seeds[:1]
+        meta_steps, steps_per_epoch, eval_tasks, args.seeds = 60, 30, 50, args.seeds[:1]
     rows = []
     print(f"sinusoid K={SHOTS}, {INNER_STEPS} inner steps, {meta_steps} meta-steps; held-out MSE ({eval_tasks} tasks)")
     print(f"{'variant':<16} {'seed':>4} {'0 steps':>8} {'1 step':>8} {'5 steps':>16} {'step ms':>8} {'train s':>8}")
