@@ -4,6 +4,7 @@
     python benchmarks/bench_rl.py --quick    # tiny sizes, for the test suite
     python benchmarks/bench_rl.py --vector-envs   # MuJoCo: subprocess vs in-process vector envs
     python benchmarks/bench_rl.py --packing saved_models/navigation2d_meta_policy   # padded vs packed update
+    python benchmarks/bench_rl.py --sampler-envs 4 80   # Navigation2D evaluation batches by number of envs
 
 Meta-iteration time is measured for both ways of handling the task axis (``vectorized_map`` vs an
 unrolled loop), excluding the first (tracing) iteration, which is reported separately.
@@ -106,11 +107,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--packing", metavar="EXPORT",
                    help="only time the meta-update on one step-budget batch of this meta-policy export, padded "
                         "(one episode per row) against packed rows")
+    p.add_argument("--sampler-envs", type=int, nargs="+", metavar="N",
+                   help="only time Navigation2D sampling of an evaluation's batch (2 tasks x 40 episodes) with N "
+                        "in-process envs each: with few envs the per-step policy call dominates")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.packing:
         runs = [lambda: bench_packing(args.packing, args.repeats)]
+    elif args.sampler_envs:
+        runs = [functools.partial(bench_sampler, "tf_maml/Navigation2D-v0", 2, 40, n, args.repeats, False)
+                for n in args.sampler_envs]
     elif args.quick:
         runs = [
             lambda: bench_sampler("tf_maml/Navigation2D-v0", 4, 4, 16, 1),
