@@ -23,10 +23,10 @@ def load_script(name):
     return module
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
+def test_resuming_with_other_settings_is_refused(tmp_path, capsys, tiny_preset):
     train_rl = load_script("train_rl")
     logdir = str(tmp_path / "run")
-    MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8), logdir).close()
+    MAMLTRPO(tiny_preset(num_envs=8), logdir).close()
     for flags, says in [(["--env", "halfcheetah-dir"], r"env_id: asked 'tf_maml/HalfCheetahDir-v0', run has 'tf_maml/Navigation2D-v0'"),
                         (["--env", "navigation2d", "--meta-batch-size", "4"], r"meta_batch_size: asked 4, run has 2"),
                         (["--env", "navigation2d", "--sample-budget", "episodes"], r"sample_budget: asked 'episodes', run has 'steps'"),
@@ -53,8 +53,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
     more.close()
 
 
-def test_unfinished_runs_are_not_evaluated_and_a_lost_iteration_is_logged_once(tmp_path, monkeypatch):
-    config = preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=4, seed=3)
+def test_unfinished_runs_are_not_evaluated_and_a_lost_iteration_is_logged_once(tmp_path, monkeypatch, tiny_preset):
+    config = tiny_preset(seed=3)
     logdir = str(tmp_path / "run")
     learner = MAMLTRPO(config, logdir)
     # A run that crashed before its first checkpoint would otherwise evaluate as a random policy.
@@ -81,13 +81,12 @@ def test_unfinished_runs_are_not_evaluated_and_a_lost_iteration_is_logged_once(t
     resumed.close()
 
 
-def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_problem(tmp_path, capsys):
+def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_problem(tmp_path, capsys, tiny_preset):
     eval_rl = load_script("eval_rl")
     runs = {"maml": (100, 100), "pretrained": (100, 100), "other": (8,)}
     for name, hidden in runs.items():
         inner = 0 if name == "pretrained" else 1
-        learner = MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=4, hidden=hidden,
-                                  inner_steps=inner), str(tmp_path / name))
+        learner = MAMLTRPO(tiny_preset(hidden=hidden, inner_steps=inner), str(tmp_path / name))
         learner.train(1)
         learner.close()
     out, figure = tmp_path / "eval.json", tmp_path / "figures" / "eval.png"
@@ -159,9 +158,8 @@ def test_eval_script_reports_returns_and_refuses_a_pretrained_run_of_another_pro
     assert "is not a meta-policy export carrying its run's settings" in capsys.readouterr().err
 
 
-def test_a_step_budget_run_trains_and_older_runs_keep_whole_episodes(tmp_path):
-    learner = MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=4, sample_budget="steps"),
-                       str(tmp_path / "steps"))
+def test_a_step_budget_run_trains_and_older_runs_keep_whole_episodes(tmp_path, tiny_preset):
+    learner = MAMLTRPO(tiny_preset(sample_budget="steps"), str(tmp_path / "steps"))
     metrics = learner.step()
     assert np.isfinite([metrics["return_pre"], metrics["return_post"], metrics["kl"]]).all()
     assert metrics["kl"] <= learner.config.max_kl
@@ -190,13 +188,13 @@ def test_a_run_keeps_the_env_version_it_was_made_with(tmp_path):
         MAMLTRPO.for_run(preset("halfcheetah-dir"), str(tmp_path), {"env_id": "tf_maml/HalfCheetahDir-v0"})
 
 
-def test_a_run_continues_from_its_exported_meta_policy_exactly(tmp_path, capsys):
+def test_a_run_continues_from_its_exported_meta_policy_exactly(tmp_path, capsys, tiny_preset):
     """Run directories stay on their machine; a meta-policy export carries the run's settings, policy and
     iteration, so ``train_rl.py --init-from`` goes on with the very batches the run would have sampled."""
     from tf_maml.rl import export as rl_export
 
     train_rl = load_script("train_rl")
-    config = preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8, seed=2)
+    config = tiny_preset(num_envs=8, seed=2)
     original = MAMLTRPO(config, str(tmp_path / "run"))
     original.train(2)
     base = str(tmp_path / "models")

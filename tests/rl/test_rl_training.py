@@ -63,8 +63,8 @@ def test_navigation_meta_training_learns_and_resumes_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["halfcheetah-vel", "ant-dir"])
-def test_mujoco_meta_iteration_smoke(tmp_path, family):
-    config = preset(family, meta_batch_size=2, n_traj=2, num_envs=4)
+def test_mujoco_meta_iteration_smoke(tmp_path, family, tiny_preset):
+    config = tiny_preset(family)
     learner = MAMLTRPO(config, str(tmp_path))
     metrics = learner.step()
     assert np.isfinite(metrics["return_pre"]) and np.isfinite(metrics["return_post"])
@@ -87,8 +87,8 @@ def test_runs_from_before_action_scaling_are_refused_clearly():
         MAMLTRPOConfig.from_json(json.dumps(config))
 
 
-def test_non_finite_rewards_stop_training_and_keep_the_checkpoint(tmp_path, monkeypatch):
-    learner = MAMLTRPO(preset("navigation2d", meta_batch_size=2, n_traj=2, num_envs=8), str(tmp_path))
+def test_non_finite_rewards_stop_training_and_keep_the_checkpoint(tmp_path, monkeypatch, tiny_preset):
+    learner = MAMLTRPO(tiny_preset(num_envs=8), str(tmp_path))
     learner.train(1)
     theta = learner.theta().numpy()
     saved = learner.manager.latest_checkpoint
