@@ -75,6 +75,21 @@ def test_shipped_adapted_navigation_policy_walks_towards_its_goal():
     assert returns[-1] > returns[0] + 10, returns  # adaptation improved the sampled return, as recorded at export
 
 
+def test_shipped_navigation_meta_policy_adapts_in_one_step():
+    """The shipped meta-policy, continued as its run would be (its export carries the run's settings), gains
+    from one policy-gradient step on held-out goals what BENCHMARKS.md reports (−39 → −12 on 40 tasks)."""
+    from tf_maml.rl.evaluation import adaptation_returns
+    from tf_maml.rl.maml_trpo import MAMLTRPO
+    from tf_maml.rl.policy import policy_params
+
+    learner = MAMLTRPO.from_export(str(REPO / "saved_models" / "navigation2d_meta_policy"), num_envs=80)
+    tasks = learner.sampler.sample_tasks(4, seed=2024)
+    returns = adaptation_returns(learner.model, policy_params(learner.model), learner.sampler, tasks, 20,
+                                 learner.config.fast_lr, steps=1, seed=7).mean(axis=1)
+    learner.close()
+    assert returns[1] > returns[0] + 10 and returns[1] > -25, returns
+
+
 def test_serving_config_lists_exactly_the_shipped_models():
     """saved_models/models.config (for ``tensorflow/serving -v $PWD/saved_models:/models``) is in sync."""
     import re
