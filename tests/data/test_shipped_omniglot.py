@@ -1,7 +1,11 @@
 """The shipped Omniglot meta-learners adapt at serving time to characters they never saw."""
 
 import dataclasses
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -62,3 +66,20 @@ def test_evaluation_on_validation_characters_draws_from_them_only(paper_classes)
         run(dataclasses.replace(paper_classes, meta_val=None), "validation")
     with pytest.raises(ValueError, match="classes"):
         run(paper_classes, "train")
+
+
+def test_eval_script_writes_the_figures_it_prints(paper_classes, real_data_dir, real_cache_dir, tmp_path):
+    """``eval_omniglot.py`` end to end on a shipped model: the JSON the issue asks for, equal to what it prints."""
+    out = tmp_path / "results" / "acc.json"  # a folder that does not exist yet
+    env = {**os.environ, "TF_MAML_CACHE_DIR": str(real_cache_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, str(SAVED.parent / "scripts" / "eval_omniglot.py"), "--saved-model",
+         str(SAVED / "omniglot_5way1shot"), "--tasks", "20", "--steps", "0", "1", "--offline", "--data-dir",
+         str(real_data_dir), "--json", str(out)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads(out.read_text())
+    assert json.loads(proc.stdout[proc.stdout.index("{"):]) == saved
+    assert saved["tasks"] == 20 and saved["classes"] == "test" and (saved["shots"], saved["queries"]) == (1, 1)
+    assert saved["accuracy"] == saved["by_steps"]["1"]["accuracy"] > 0.9 > 0.4 > saved["by_steps"]["0"]["accuracy"]
+    assert 0 <= saved["ci95"] < 0.05  # 0 when every task scores the same
