@@ -3,13 +3,15 @@
 
 One meta-batch is sampled once; then both implementations take the same TRPO step on it, repeatedly from
 the same θ: the post-update surrogate and its gradient through the inner policy-gradient step, 10
-conjugate-gradient iterations on Fisher-vector products (Hessian of the KL through the inner step), and the
-backtracking line search. The reference is written the way learn2learn's MAML-TRPO example computes it: a
-Python loop over tasks, ``torch.autograd.grad(create_graph=True)`` for the inner step, one KL graph kept
-(``retain_graph``) and differentiated again for every Fisher-vector product.
+conjugate-gradient iterations on Fisher-vector products (Hessian of the KL through the inner step; tf_maml
+takes its Gauss-Newton form, exact at the sampling policy), and the backtracking line search. The reference
+is written the way learn2learn's MAML-TRPO example computes it: a Python loop over tasks,
+``torch.autograd.grad(create_graph=True)`` for the inner step, one KL graph kept (``retain_graph``) and
+differentiated again for every Fisher-vector product.
 
-The two are also checked against each other: the meta-gradient and the Fisher-vector product of it, an
-independent check of the second-order path (relative differences printed and written to the JSON).
+The two are also checked against each other: the meta-gradient and the Fisher-vector product of it (tf_maml's
+by plain double back-propagation here), an independent check of the second-order path (relative differences
+printed and written to the JSON).
 PyTorch is timed with 1 thread and with one per core; the faster is the reference.
 
     python benchmarks/bench_trpo_update.py --json benchmarks/results/trpo_update.json
@@ -73,7 +75,7 @@ def tf_gradient_and_fvp(learner, pre, post) -> tuple[np.ndarray, np.ndarray]:
     from tf_maml.rl.trpo import hessian_vector_product
 
     theta = learner.theta()
-    old_mean, old_log_std, _, grad, _, _ = learner._natural_gradient_fn(theta, pre, post)
+    old_mean, old_log_std, _, grad = learner._loss_grad_fn(theta, pre, post)
     kl = lambda p: learner._loss_kl(p[0], pre, post, old_mean, old_log_std)[1]  # noqa: E731
     (hv,) = hessian_vector_product(kl, [theta], [grad])
     return grad.numpy(), (hv + learner.config.cg_damping * grad).numpy()

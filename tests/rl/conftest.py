@@ -17,11 +17,9 @@ from tf_maml.rl.presets import preset  # noqa: E402
 
 @pytest.fixture
 def tiny_preset():
-    """``preset(family, **overrides)`` at plumbing size: 2 tasks × 2 episodes on 4 envs, and 2 conjugate-gradient
-    iterations, which trace in half the time of the default 10 (the conjugate gradient itself is tested on a
-    known system, and the learning tests keep 10)."""
+    """``preset(family, **overrides)`` at plumbing size: 2 tasks × 2 episodes on 4 envs."""
 
     def make(family: str = "navigation2d", **overrides):
-        return preset(family, **{"meta_batch_size": 2, "n_traj": 2, "num_envs": 4, "cg_iters": 2, **overrides})
+        return preset(family, **{"meta_batch_size": 2, "n_traj": 2, "num_envs": 4, **overrides})
 
     return make

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tf_maml.rl.maml_trpo import PGData, inner_update, pack_rows, per_task, pg_loss, tile_params
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
-from tf_maml.rl.trpo import flatten, hessian_vector_product, unflatten
+from tf_maml.rl.trpo import flatten, gauss_newton_vector_product, hessian_vector_product, unflatten
 
 T, N, H, OBS, ACT, LR = 2, 2, 3, 3, 2, 0.1
 
@@ -61,7 +61,8 @@ def test_vectorized_and_loop_agree(setup):
 
 
 def _meta_objective(model, params_like, pre, post, first_order, steps=1):
-    """Post-update TRPO surrogate and KL (old = the adapted policy at the unperturbed θ).
+    """Post-update TRPO surrogate and KL (old = the adapted policy at the unperturbed θ), and the KL's
+    Fisher-vector product at θ in the Gauss-Newton form that MAML-TRPO uses.
 
     Uses the task loop (cheaper to trace for T=2); ``test_vectorized_and_loop_agree`` ties it to pfor.
     """
@@ -81,17 +82,22 @@ def _meta_objective(model, params_like, pre, post, first_order, steps=1):
         ratio = tf.exp(log_prob(mean, log_std, post.actions) - log_prob(old_mean, old_log_std, post.actions))
         return -tf.reduce_sum(ratio * post.advantages * post.mask) / tf.reduce_sum(post.mask)
 
-    def kl(theta):
-        mean, log_std = dist(adapted(theta))
+    def kl_of(mean, log_std):
         return tf.reduce_sum(kl_divergence(old_mean, old_log_std, mean, log_std) * post.mask) / tf.reduce_sum(post.mask)
 
-    return theta0, tf.function(surrogate), tf.function(kl)
+    def kl(theta):
+        return kl_of(*dist(adapted(theta)))
+
+    def fisher_vector_product(v):
+        return gauss_newton_vector_product(lambda t: dist(adapted(t)), lambda d: kl_of(*d), theta0, v)
+
+    return theta0, tf.function(surrogate), tf.function(kl), fisher_vector_product
 
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_second_order_meta_gradient_matches_finite_differences(setup, steps):
     model, params, pre, post = setup
-    theta, surrogate, _ = _meta_objective(model, params, pre, post, first_order=False, steps=steps)
+    theta, surrogate, _, _ = _meta_objective(model, params, pre, post, first_order=False, steps=steps)
     with tf.GradientTape() as tape:
         tape.watch(theta)
         y = surrogate(theta)
@@ -99,7 +105,7 @@ def test_second_order_meta_gradient_matches_finite_differences(setup, steps):
     fd = fd_grad(lambda t: float(surrogate(t)), theta)
     np.testing.assert_allclose(exact, fd, rtol=1e-5, atol=1e-8)
 
-    _, surrogate_fo, _ = _meta_objective(model, params, pre, post, first_order=True, steps=steps)
+    _, surrogate_fo, _, _ = _meta_objective(model, params, pre, post, first_order=True, steps=steps)
     with tf.GradientTape() as tape:
         tape.watch(theta)
         y_fo = surrogate_fo(theta)
@@ -109,9 +115,13 @@ def test_second_order_meta_gradient_matches_finite_differences(setup, steps):
     assert np.abs(first - fd).max() > 100 * np.abs(exact - fd).max()
 
 
-def test_kl_hessian_vector_product_through_inner_update(setup):
+@pytest.mark.parametrize("first_order", [False, True])
+def test_kl_hessian_vector_product_through_inner_update(setup, first_order):
+    """Double back-propagation against finite differences of the KL's gradient, and the Gauss-Newton product
+    (one forward-mode and one reverse pass, no third derivatives) against it: equal at the old policy. First
+    order, the tapes treat the inner gradient as a constant, so finite differences of it are not the reference."""
     model, params, pre, post = setup
-    theta, _, kl = _meta_objective(model, params, pre, post, first_order=False)
+    theta, _, kl, fisher_vector_product = _meta_objective(model, params, pre, post, first_order=first_order)
     v = tf.constant(np.random.default_rng(5).normal(size=theta.shape))
     (hv,) = hessian_vector_product(lambda p: kl(p[0]), [theta], [v])
 
@@ -121,9 +131,11 @@ def test_kl_hessian_vector_product_through_inner_update(setup):
             y = kl(t)
         return tape.gradient(y, t).numpy()
 
-    eps = 1e-5
-    fd = (grad(theta + eps * v) - grad(theta - eps * v)) / (2 * eps)
-    np.testing.assert_allclose(hv.numpy(), fd, rtol=1e-5, atol=1e-9)
+    if not first_order:
+        eps = 1e-5
+        fd = (grad(theta + eps * v) - grad(theta - eps * v)) / (2 * eps)
+        np.testing.assert_allclose(hv.numpy(), fd, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(fisher_vector_product(v).numpy(), hv.numpy(), rtol=1e-9, atol=1e-12)
     assert float(kl(theta)) == pytest.approx(0.0, abs=1e-12)
     assert float(tf.reduce_sum(v * hv)) > 0  # KL Hessian is PSD at the old policy
 

@@ -28,7 +28,7 @@ from tf_maml.rl.advantages import task_advantages
 from tf_maml.rl.envs import env_family
 from tf_maml.rl.policy import build_policy, distribution, kl_divergence, log_prob, policy_params
 from tf_maml.rl.sampler import BUDGETS, Sampler, TrajectoryBatch, wave_layout
-from tf_maml.rl.trpo import backtracking_line_search, flatten, natural_gradient, unflatten
+from tf_maml.rl.trpo import backtracking_line_search, flatten, gauss_newton_vector_product, natural_gradient, unflatten
 from tf_maml.serving import read_metadata, resolve_version_dir
 from tf_maml.settings import BOOLEAN, Rule, check_settings, each, integer, number, one_of, optional
 from tf_maml.training import check_resume_settings
@@ -249,7 +249,10 @@ class MAMLTRPO:
         pre = (data,) * config.inner_steps
         self._one_more_step_fn = tf.function(self._one_more_step, input_signature=[stacked, data])
         self._loss_kl_fn = tf.function(self._loss_kl, input_signature=[theta, pre, data, dist, dist])
-        self._natural_gradient_fn = tf.function(self._natural_gradient, input_signature=[theta, pre, data])
+        self._loss_grad_fn = tf.function(self._loss_grad, input_signature=[theta, pre, data])
+        self._fisher_vector_product_fn = tf.function(
+            self._fisher_vector_product, input_signature=[theta, pre, data, dist, dist, theta]
+        )
 
     def _signatures(self):
         """Specs of per-task parameters, θ, a batch (:class:`PGData`) and a distribution parameter, for
@@ -399,23 +402,44 @@ class MAMLTRPO:
         kl = kl_divergence(old_mean, old_log_std, mean, log_std) * post.mask
         return tf.reduce_mean(surrogate), tf.reduce_sum(kl) / tf.maximum(tf.reduce_sum(post.mask), 1.0)
 
-    def _natural_gradient(self, theta, pre, post):
-        """The sampling policy's post-update distributions, and TRPO's direction for the surrogate with the
-        KL's Hessian through the inner update (:func:`tf_maml.rl.trpo.natural_gradient`).
+    def _loss_grad(self, theta, pre, post):
+        """The sampling policy's post-update distributions, the surrogate and its meta-gradient at θ.
 
         At θ the sampling policy is the adapted policy itself, so the recorded forward pass also gives the
         "old" distributions (held constant): no separate forward pass, inner update included, for them.
         """
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(theta)
+            mean, log_std = self._adapted_dist(theta, pre, post)
+            old_mean, old_log_std = tf.stop_gradient(mean), tf.stop_gradient(log_std)
+            loss, _ = self._surrogate_kl(mean, log_std, post, old_mean, old_log_std)
+        grad = tape.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return old_mean, old_log_std, loss, grad
+
+    def _fisher_vector_product(self, theta, pre, post, old_mean, old_log_std, vector):
+        """The KL's Hessian at θ (through the inner update) times ``vector``, in its Gauss-Newton form
+        (:func:`tf_maml.rl.trpo.gauss_newton_vector_product`; exact at θ, where the old policy is θ's)."""
+
+        def kl(dist: Sequence[tf.Tensor]) -> tf.Tensor:
+            return self._surrogate_kl(*dist, post, old_mean, old_log_std)[1]
+
+        return gauss_newton_vector_product(lambda t: self._adapted_dist(t, pre, post), kl, theta, vector)
+
+    def natural_gradient(self, theta, pre, post):
+        """TRPO's direction for the post-update surrogate, with the KL's Hessian through the inner update.
+
+        The conjugate gradient runs in Python over one traced Fisher-vector product (tracing ten products into
+        one graph took ~20 s per run, and recording the pass once saved less than the Gauss-Newton form does;
+        BENCHMARKS.md). Returns ``(old_mean, old_log_std, loss, grad, direction, curvature)``.
+        """
         c = self.config
-        old: list[tf.Tensor] = []
+        old_mean, old_log_std, loss, grad = self._loss_grad_fn(theta, pre, post)
 
-        def loss_and_kl(t):
-            mean, log_std = self._adapted_dist(t, pre, post)
-            old[:] = [tf.stop_gradient(mean), tf.stop_gradient(log_std)]
-            return self._surrogate_kl(mean, log_std, post, *old)
+        def fisher_vector_product(v):
+            return self._fisher_vector_product_fn(theta, pre, post, old_mean, old_log_std, v)
 
-        loss, grad, direction, curvature = natural_gradient(loss_and_kl, theta, c.cg_iters, c.cg_damping)
-        return old[0], old[1], loss, grad, direction, curvature
+        direction, curvature = natural_gradient(grad, fisher_vector_product, c.cg_iters, c.cg_damping)
+        return old_mean, old_log_std, loss, grad, direction, curvature
 
     # ---- one meta-iteration ----
 
@@ -480,7 +504,7 @@ class MAMLTRPO:
         c = self.config
         it = int(self.iteration.numpy()) + 1 if iteration is None else iteration
         theta = self.theta()
-        old_mean, old_log_std, loss, grad, direction, curvature = self._natural_gradient_fn(theta, pre, post)
+        old_mean, old_log_std, loss, grad, direction, curvature = self.natural_gradient(theta, pre, post)
         self._check_finite(it, {"surrogate loss": loss.numpy(), "meta-gradient": grad.numpy(),
                                 "natural-gradient direction": direction.numpy()})
         full_step = direction / np.sqrt(max(0.5 * float(curvature), 1e-12) / c.max_kl)

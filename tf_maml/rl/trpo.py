@@ -62,37 +62,43 @@ def conjugate_gradient(
     return x
 
 
-def natural_gradient(
-    loss_and_kl: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]],
+def gauss_newton_vector_product(
+    outputs_fn: Callable[[tf.Tensor], Sequence[tf.Tensor]],
+    divergence_fn: Callable[[Sequence[tf.Tensor]], tf.Tensor],
     theta: tf.Tensor,
-    cg_iters: int = 10,
-    damping: float = 1e-5,
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """TRPO's search direction ``x ≈ (H + damping·I)⁻¹ g`` (g the loss gradient, H the KL's Hessian at θ).
+    vector: tf.Tensor,
+) -> tf.Tensor:
+    """``Jᵀ ∇²D J v``: J the Jacobian of ``outputs_fn`` (e.g. the policy's distribution parameters) at θ, ∇²D the
+    Hessian of ``divergence_fn`` in those outputs.
 
-    One forward pass serves the gradient and every Fisher-vector product of the conjugate gradient: the KL
-    gradient is recorded once and differentiated again per product (double back-propagation), instead of
-    recomputing the whole forward pass (for MAML, the inner update) each time. Best inside a ``tf.function``.
-    Returns ``(loss, g, x, xᵀ(H + damping·I)x)``; the last sets the step length for a KL budget.
+    This is the Hessian of ``D(outputs_fn(θ))`` wherever D's gradient in the outputs is zero, as a KL from the
+    sampling policy is at that policy: there TRPO's Fisher-vector product needs no third derivatives. One
+    forward pass carries J v (forward mode), one backward pass Jᵀ·; so it traces once for any ``vector``
+    (double back-propagation of a recorded pass needs a new gradient graph per product).
     """
-    with tf.GradientTape(persistent=True, watch_accessed_variables=False) as outer:
-        outer.watch(theta)
-        with tf.GradientTape(persistent=True, watch_accessed_variables=False) as inner:
-            inner.watch(theta)
-            loss, kl = loss_and_kl(theta)
-        kl_grad = inner.gradient(kl, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        with outer.stop_recording():
-            grad = inner.gradient(loss, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(theta)
+        with tf.autodiff.ForwardAccumulator(theta, vector) as acc:
+            outputs = list(outputs_fn(theta))
+        tangents = [acc.jvp(o, unconnected_gradients=tf.UnconnectedGradients.ZERO) for o in outputs]
+    at = [tf.stop_gradient(o) for o in outputs]
+    curved = hessian_vector_product(divergence_fn, at, tangents)
+    return tape.gradient(outputs, theta, output_gradients=curved, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-        def fisher_vector_product(v: tf.Tensor) -> tf.Tensor:
-            grad_dot_v = tf.reduce_sum(kl_grad * tf.stop_gradient(v))
-            with outer.stop_recording():
-                hv = outer.gradient(grad_dot_v, theta, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return hv + damping * v
 
-        direction = conjugate_gradient(fisher_vector_product, grad, cg_iters)
-        curvature = tf.reduce_sum(direction * fisher_vector_product(direction))
-    return loss, grad, direction, curvature
+def natural_gradient(
+    grad: tf.Tensor, fisher_vector_product: Callable[[tf.Tensor], tf.Tensor], cg_iters: int = 10, damping: float = 1e-5
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """TRPO's search direction ``x ≈ (F + damping·I)⁻¹ g`` by conjugate gradient, given ``v ↦ F v``.
+
+    Returns ``(x, xᵀ(F + damping·I)x)``; the second sets the step length for a KL budget.
+    """
+
+    def damped(v: tf.Tensor) -> tf.Tensor:
+        return fisher_vector_product(v) + damping * v
+
+    direction = conjugate_gradient(damped, grad, cg_iters)
+    return direction, tf.reduce_sum(direction * damped(direction))
 
 
 @dataclass
