@@ -428,9 +428,9 @@ class MAMLTRPO:
     def natural_gradient(self, theta, pre, post):
         """TRPO's direction for the post-update surrogate, with the KL's Hessian through the inner update.
 
-        The conjugate gradient runs in Python over one traced Fisher-vector product (tracing ten products into
-        one graph took ~20 s per run, and recording the pass once saved less than the Gauss-Newton form does;
-        BENCHMARKS.md). Returns ``(old_mean, old_log_std, loss, grad, direction, curvature)``.
+        The conjugate gradient runs in Python over one traced Fisher-vector product: ten products traced into
+        one graph made the first update 5–7 s longer and ran no faster (BENCHMARKS.md). Returns
+        ``(old_mean, old_log_std, loss, grad, direction, curvature)``.
         """
         c = self.config
         old_mean, old_log_std, loss, grad = self._loss_grad_fn(theta, pre, post)
