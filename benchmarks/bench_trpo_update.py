@@ -10,8 +10,8 @@ is written the way learn2learn's MAML-TRPO example computes it: a Python loop ov
 differentiated again for every Fisher-vector product.
 
 The two are also checked against each other: the meta-gradient and the Fisher-vector product of it (tf_maml's
-by plain double back-propagation here), an independent check of the second-order path (relative differences
-printed and written to the JSON).
+Gauss-Newton product against the reference's double back-propagation), an independent check of the
+second-order path (relative differences printed and written to the JSON).
 PyTorch is timed with 1 thread and with one per core; the faster is the reference.
 
     python benchmarks/bench_trpo_update.py --json benchmarks/results/trpo_update.json
@@ -71,13 +71,10 @@ def bench_tf(learner, pre, post, repeats: int) -> dict:
 
 
 def tf_gradient_and_fvp(learner, pre, post) -> tuple[np.ndarray, np.ndarray]:
-    """tf_maml's meta-gradient, and the Fisher-vector product of it by plain double back-propagation."""
-    from tf_maml.rl.trpo import hessian_vector_product
-
+    """tf_maml's meta-gradient, and the (damped) Fisher-vector product of it that its conjugate gradient uses."""
     theta = learner.theta()
     old_mean, old_log_std, _, grad = learner._loss_grad_fn(theta, pre, post)
-    kl = lambda p: learner._loss_kl(p[0], pre, post, old_mean, old_log_std)[1]  # noqa: E731
-    (hv,) = hessian_vector_product(kl, [theta], [grad])
+    hv = learner._fisher_vector_product_fn(theta, pre, post, old_mean, old_log_std, grad)
     return grad.numpy(), (hv + learner.config.cg_damping * grad).numpy()
 
 

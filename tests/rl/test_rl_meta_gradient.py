@@ -115,13 +115,18 @@ def test_second_order_meta_gradient_matches_finite_differences(setup, steps):
     assert np.abs(first - fd).max() > 100 * np.abs(exact - fd).max()
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_kl_hessian_vector_product_through_inner_update(setup, first_order):
+@pytest.mark.parametrize(
+    "first_order, steps, clamped", [(False, 1, False), (True, 1, False), (False, 0, False), (False, 2, False), (False, 1, True)]
+)
+def test_kl_hessian_vector_product_through_inner_update(setup, first_order, steps, clamped):
     """Double back-propagation against finite differences of the KL's gradient, and the Gauss-Newton product
-    (one forward-mode and one reverse pass, no third derivatives) against it: equal at the old policy. First
-    order, the tapes treat the inner gradient as a constant, so finite differences of it are not the reference."""
+    (one forward-mode and one reverse pass, no third derivatives) against it: equal at the old policy, with 0, 1
+    or 2 inner steps and with the log-std at its floor. First order, the tapes treat the inner gradient as a
+    constant, so finite differences of it are not the reference."""
     model, params, pre, post = setup
-    theta, _, kl, fisher_vector_product = _meta_objective(model, params, pre, post, first_order=first_order)
+    if clamped:  # one action axis below the policy head's floor, log(1e-6)
+        params = [*params[:-1], tf.constant([-20.0, -0.3], tf.float64)]
+    theta, _, kl, fisher_vector_product = _meta_objective(model, params, pre, post, first_order=first_order, steps=steps)
     v = tf.constant(np.random.default_rng(5).normal(size=theta.shape))
     (hv,) = hessian_vector_product(lambda p: kl(p[0]), [theta], [v])
 
@@ -138,6 +143,8 @@ def test_kl_hessian_vector_product_through_inner_update(setup, first_order):
     np.testing.assert_allclose(fisher_vector_product(v).numpy(), hv.numpy(), rtol=1e-9, atol=1e-12)
     assert float(kl(theta)) == pytest.approx(0.0, abs=1e-12)
     assert float(tf.reduce_sum(v * hv)) > 0  # KL Hessian is PSD at the old policy
+    if clamped:  # the floored log-std weight moves nothing
+        assert float(hv[-2]) == 0.0
 
 
 def test_pack_rows_first_fit_decreasing():

@@ -428,8 +428,9 @@ class MAMLTRPO:
     def natural_gradient(self, theta, pre, post):
         """TRPO's direction for the post-update surrogate, with the KL's Hessian through the inner update.
 
-        The conjugate gradient runs in Python over one traced Fisher-vector product: ten products traced into
-        one graph made the first update 5–7 s longer and ran no faster (BENCHMARKS.md). Returns
+        The conjugate gradient runs in Python over one traced Fisher-vector product. The scheme it replaced
+        (double back-propagation of one recorded pass, ten products traced into one graph with the conjugate
+        gradient) made the first update 4–7 s longer and ran no faster (BENCHMARKS.md). Returns
         ``(old_mean, old_log_std, loss, grad, direction, curvature)``.
         """
         c = self.config
