@@ -162,8 +162,9 @@ def test_a_continuation_may_go_on_at_another_k_shot(tmp_path):
     omniglot.training.save_config(config, workdir)
     step = shipped["meta_steps_trained"]
     budget = read_budget(os.path.join(workdir, "budget.json"))
-    assert budget["changes"] == [{"meta_step": step, "from": serving.source_path(serving.resolve_version_dir(export)),
-                                  "settings": {"shots": [1, 5]}}]
+    earlier = shipped["training"].get("changes", [])  # the export's own lineage stays first
+    source = serving.source_path(serving.resolve_version_dir(export))
+    assert budget["changes"] == [*earlier, {"meta_step": step, "from": source, "settings": {"shots": [1, 5]}}]
     for again in ("20way5shot", None):  # a rerun, with or without the preset, resumes the 5-shot run
         assert omniglot.config_for_run(again, {"meta_steps": 20_000}, workdir, init_from=export)[0] == config
     with pytest.raises(ValueError, match="shots: asked 1, run has 5"):
@@ -177,7 +178,7 @@ def test_a_continuation_may_go_on_at_another_k_shot(tmp_path):
     back, _ = omniglot.config_for_run("20way1shot", {}, str(tmp_path / "back"), init_from=five_shot)
     start_from_export(omniglot.build_meta_learner(back), five_shot, str(tmp_path / "back"), back)
     changes = read_budget(str(tmp_path / "back" / "budget.json"))["changes"]
-    assert [c["settings"] for c in changes] == [{"shots": [1, 5]}, {"shots": [5, 1]}]
+    assert [c["settings"] for c in changes] == [*(c["settings"] for c in earlier), {"shots": [1, 5]}, {"shots": [5, 1]}]
 
     # Without --preset, an export whose N-way K-shot is no preset is not quietly moved to the default's K.
     three_shot = dataclasses.replace(omniglot.PRESETS["5way1shot"], shots=3)

@@ -116,7 +116,8 @@ def test_second_order_meta_gradient_matches_finite_differences(setup, steps):
 
 
 @pytest.mark.parametrize(
-    "first_order, steps, clamped", [(False, 1, False), (True, 1, False), (False, 0, False), (False, 2, False), (False, 1, True)]
+    "first_order, steps, clamped",
+    [(False, 1, False), (True, 1, False), (False, 0, False), (False, 2, False), (False, 1, True)],
 )
 def test_kl_hessian_vector_product_through_inner_update(setup, first_order, steps, clamped):
     """Double back-propagation against finite differences of the KL's gradient, and the Gauss-Newton product
@@ -126,7 +127,7 @@ def test_kl_hessian_vector_product_through_inner_update(setup, first_order, step
     model, params, pre, post = setup
     if clamped:  # one action axis below the policy head's floor, log(1e-6)
         params = [*params[:-1], tf.constant([-20.0, -0.3], tf.float64)]
-    theta, _, kl, fisher_vector_product = _meta_objective(model, params, pre, post, first_order=first_order, steps=steps)
+    theta, _, kl, fisher_vector_product = _meta_objective(model, params, pre, post, first_order, steps)
     v = tf.constant(np.random.default_rng(5).normal(size=theta.shape))
     (hv,) = hessian_vector_product(lambda p: kl(p[0]), [theta], [v])
 
