@@ -43,3 +43,45 @@ def test_benchmark_quick_mode_runs(script, args, table, keys, rows, tmp_path):
     result = json.loads(out.read_text())
     assert keys <= set(result)
     assert len(result[rows]) >= 2
+
+
+def _fake_run(workdir: pathlib.Path, accuracies: dict[str, list[float]], steps_per_epoch: int) -> None:
+    """A run directory as training leaves it: config.json and Keras-style epoch scalars per split."""
+    import tensorflow as tf
+
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"steps_per_epoch": steps_per_epoch}))
+    for split, values in accuracies.items():
+        writer = tf.summary.create_file_writer(str(workdir / "logs" / split))
+        with writer.as_default():
+            for epoch, value in enumerate(values):
+                tf.summary.scalar("epoch_accuracy", value, step=epoch)
+        writer.close()
+
+
+def test_learning_curve_extends_from_its_saved_points_without_the_old_run(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import plot_learning_curve as plot
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    _fake_run(tmp_path / "first", {"train": [0.5, 0.6], "validation": [0.4, 0.55]}, steps_per_epoch=100)
+    _fake_run(tmp_path / "second", {"validation": [0.7]}, steps_per_epoch=50)
+    data = tmp_path / "curve.json"
+    plot.main([str(tmp_path / "first"), "--out", str(tmp_path / "a.png"), "--data", str(data)])
+    saved = json.loads(data.read_text())["curves"]
+    assert [(c["split"], c["meta_steps"]) for c in saved] == [("train", [100, 200]), ("validation", [100, 200])]
+    assert saved[1]["accuracy"] == pytest.approx([0.4, 0.55])
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "first")  # the earlier run is gone; its points are not
+    plot.main([str(data), str(tmp_path / "second"), "--out", str(tmp_path / "b.png"), "--data", str(data)])
+    extended = json.loads(data.read_text())["curves"]
+    assert extended[:2] == saved
+    assert (extended[2]["run"], extended[2]["meta_steps"], extended[2]["accuracy"]) == ("second", [50], pytest.approx([0.7]))
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    _fake_run(tmp_path / "empty", {}, steps_per_epoch=100)
+    with pytest.raises(SystemExit):  # nothing logged: a usage error, not an empty picture
+        plot.main([str(tmp_path / "empty"), "--out", str(tmp_path / "c.png")])
+    assert not (tmp_path / "c.png").exists()
