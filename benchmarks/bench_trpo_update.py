@@ -11,7 +11,8 @@ differentiated again for every Fisher-vector product.
 
 The two are also checked against each other: the meta-gradient and the Fisher-vector product of it (tf_maml's
 Gauss-Newton product against the reference's double back-propagation), an independent check of the
-second-order path (relative differences printed and written to the JSON).
+second-order path (relative differences printed and written to the JSON), also against the reference run in
+float64, beside the reference's own float32-against-float64 difference: the round-off scale to read them on.
 PyTorch is timed with 1 thread and with one per core; the faster is the reference.
 
     python benchmarks/bench_trpo_update.py --json benchmarks/results/trpo_update.json
@@ -81,17 +82,22 @@ def tf_gradient_and_fvp(learner, pre, post) -> tuple[np.ndarray, np.ndarray]:
 class TorchReference:
     """MAML-TRPO's meta-update in plain PyTorch (the Gaussian MLP policy written out as tensors)."""
 
-    def __init__(self, learner, pre, post, threads: int) -> None:
+    def __init__(self, learner, pre, post, threads: int, float64: bool = False) -> None:
         import torch
 
         torch.set_num_threads(threads)
         self.torch = torch
+
+        def tensor(x):
+            t = torch.tensor(np.array(x))
+            return t.double() if float64 and t.is_floating_point() else t
+
         self.config = learner.config
         self.min_log_std = math.log(learner.model.get_layer("gaussian_head").min_std)
-        self.theta = [torch.tensor(v.numpy()) for v in learner.model.trainable_variables]
+        self.theta = [tensor(v.numpy()) for v in learner.model.trainable_variables]
         self.shapes = [p.shape for p in self.theta]
-        self.pre = [[torch.from_numpy(np.asarray(x)) for x in data] for data in pre]
-        self.post = [torch.from_numpy(np.asarray(x)) for x in post]
+        self.pre = [[tensor(x) for x in data] for data in pre]
+        self.post = [tensor(x) for x in post]
         self.tasks = int(self.post[0].shape[0])
 
     def _dist(self, params, obs):
@@ -182,6 +188,24 @@ class TorchReference:
         return c.ls_steps
 
 
+def check_agreement(learner, pre, post) -> dict:
+    """Relative differences of tf_maml's meta-gradient and Fisher-vector product from the reference's, in
+    float32 and float64, beside the reference's own float32 round-off (float32 against float64): the scale a
+    float32 difference is read on. Untimed, so on one thread (the cheapest beside other work)."""
+    grad_tf, fvp_tf = tf_gradient_and_fvp(learner, pre, post)
+    out = {}
+    for suffix, float64 in (("", False), ("64", True)):
+        ref = TorchReference(learner, pre, post, 1, float64=float64)
+        torch = ref.torch
+        _, grad, fvp, _ = ref.gradient_and_fvp()
+        out[f"grad_rel_diff_vs_torch{suffix}"] = relative_difference(grad_tf, grad.numpy())
+        out[f"fvp_rel_diff_vs_torch{suffix}"] = relative_difference(
+            fvp_tf, fvp(torch.from_numpy(grad_tf).to(grad.dtype)).detach().numpy())
+        out[f"_grad{suffix}"] = grad.numpy()
+    out["grad_rel_diff_torch32_vs_64"] = relative_difference(out.pop("_grad"), out.pop("_grad64"))
+    return out
+
+
 def bench_torch(reference: TorchReference, repeats: int) -> dict:
     t0 = time.perf_counter()
     tries = reference.meta_update()
@@ -204,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny run to check the benchmark works")
+    parser.add_argument("--check-samples", type=int, default=0, metavar="N",
+                        help="also check agreement on N further meta-batches per config (untimed)")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     from tf_maml.performance import usable_cores
@@ -226,13 +252,12 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append({**size, "impl": f"torch-reference-{n_threads}t", **res})
                     print(json.dumps(rows[-1]), flush=True)
                     ref = res if ref is None or res["median_s"] < ref["median_s"] else ref
-                _, grad_torch, fvp_torch, _ = reference.gradient_and_fvp()
-                grad_tf, fvp_tf = tf_gradient_and_fvp(learner, pre, post)
-                check = {
-                    "grad_rel_diff_vs_torch": relative_difference(grad_tf, grad_torch.numpy()),
-                    "fvp_rel_diff_vs_torch": relative_difference(
-                        fvp_tf, fvp_torch(reference.torch.from_numpy(grad_tf)).detach().numpy()),
-                }
+                check = check_agreement(learner, pre, post)
+                for iteration in range(1, args.check_samples + 1):
+                    _, _, pre_i, _, post_i = learner.sample_meta_batch(iteration)
+                    rows.append({**size, "impl": "agreement", "iteration": iteration,
+                                 **check_agreement(learner, pre_i, post_i)})
+                    print(json.dumps(rows[-1]), flush=True)
             except ImportError:
                 print("PyTorch is not installed: pip install -e '.[bench-torch]' for the reference.", file=sys.stderr)
         res = bench_tf(learner, pre, post, args.repeats)
@@ -241,13 +266,20 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({**size, "impl": "tf_maml", **res, **check})
         print(json.dumps(rows[-1]), flush=True)
         learner.close()
-    print(f"\n{'config':16} {'impl':22} {'median ms':>10} {'IQR ms':>8} {'1st s':>7} {'x torch':>8} {'grad/FVP diff':>16}")
+    print(f"\n{'config':16} {'impl':22} {'median ms':>10} {'IQR ms':>8} {'1st s':>7} {'x torch':>8} "
+          f"{'grad/FVP diff':>16} {'same, float64 ref':>18} {'ref 32 vs 64':>12}")
     for r in rows:
+        if r["impl"] == "agreement":
+            r = {**r, "impl": f"agreement, batch {r['iteration']}", "median_s": math.nan, "iqr_s": math.nan,
+                 "first_step_s": math.nan}
         speed = f"{r['speedup_vs_torch']:.2f}" if "speedup_vs_torch" in r else ""
-        diff = (f"{r['grad_rel_diff_vs_torch']:.1e}/{r['fvp_rel_diff_vs_torch']:.1e}"
-                if "grad_rel_diff_vs_torch" in r else "")
+        diff = ""
+        if "grad_rel_diff_vs_torch" in r:
+            vs32 = f"{r['grad_rel_diff_vs_torch']:.1e}/{r['fvp_rel_diff_vs_torch']:.1e}"
+            vs64 = f"{r['grad_rel_diff_vs_torch64']:.1e}/{r['fvp_rel_diff_vs_torch64']:.1e}"
+            diff = f"{vs32:>16} {vs64:>18} {r['grad_rel_diff_torch32_vs_64']:12.1e}"
         print(f"{r['config']:16} {r['impl']:22} {1e3 * r['median_s']:10.1f} {1e3 * r['iqr_s']:8.1f} "
-              f"{r['first_step_s']:7.2f} {speed:>8} {diff:>16}")
+              f"{r['first_step_s']:7.2f} {speed:>8} {diff}")
     if args.json:
         write_results(args.json, rows, threads=threads)
 
