@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--first-order", action="store_true", default=None)
     p.add_argument("--num-envs", type=int,
                    help="envs stepped together (episodes per policy call); like --vector-env a speed choice a "
-                        "resumed run may change (with a step budget, only among values >= --n-traj)")
+                        "resumed run may change (with a step budget, only to values that keep a task's episodes per wave, "
+                        "the largest divisor of --n-traj up to --num-envs: any value >= --n-traj if the run's was)")
     p.add_argument("--vector-env", choices=["sync", "async"],
                    help="run the envs in this process (sync) or one subprocess each (async); a speed choice "
                         "only, the episodes are the same, and a resumed run may change it (default: the run's "
