@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Accuracy of a meta-trained Omniglot learner on freshly sampled meta-test tasks (mean and 95% CI); with
-``--classes validation``, on meta-validation characters, to choose settings such as ``--steps`` there."""
+``--classes validation``, on meta-validation characters, to choose settings such as ``--steps`` there.
+Several ``--saved-model`` (or ``--workdir``) paths are evaluated as one ensemble: each adapts to every task
+and their logits are averaged, as MAML++ reports its figures."""
 
 import argparse
 import json
@@ -18,8 +20,8 @@ from tf_maml.settings import flag_type, integer  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--workdir", help="a training directory: its newest checkpoint is evaluated")
-    source.add_argument("--saved-model", help="a shipped meta-learner, e.g. saved_models/omniglot_5way1shot")
+    source.add_argument("--workdir", nargs="+", help="a training directory: its newest checkpoint is evaluated")
+    source.add_argument("--saved-model", nargs="+", help="a shipped meta-learner, e.g. saved_models/omniglot_5way1shot")
     parser.add_argument("--tasks", type=flag_type(integer(1)), default=600, help="meta-test tasks (default 600)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shots", type=flag_type(integer(1)),
@@ -38,7 +40,7 @@ def main() -> None:
     set_graph_optimization("fusion")
     run_tasks_in_parallel()
     try:
-        maml, config = omniglot.load_for_evaluation(workdir=args.workdir, saved_model=args.saved_model)
+        members, config = omniglot.load_ensemble(workdirs=args.workdir or (), saved_models=args.saved_model or ())
         if args.shots:
             config = omniglot.with_shots(config, args.shots)
     except (ValueError, FileNotFoundError) as err:
@@ -46,10 +48,13 @@ def main() -> None:
     data = omniglot.load_classes(args, config.split, parser)
     if args.json:  # before minutes of evaluation, not after
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    results = omniglot.evaluate(maml, config, data, args.tasks, seed=args.seed,
+    results = omniglot.evaluate(members, config, data, args.tasks, seed=args.seed,
                                 steps=tuple(args.steps) if args.steps else None, classes=args.classes)
     results.update(shots=config.shots, queries=config.query_count)
-    results["meta_steps"] = maml.meta_steps_done() if getattr(maml, "optimizer", None) else None
+    meta_steps = [m.meta_steps_done() if getattr(m, "optimizer", None) else None for m in members]
+    results["meta_steps"] = meta_steps[0] if len(members) == 1 else meta_steps
+    if len(members) > 1:
+        results["ensemble"] = args.workdir or args.saved_model
     print(json.dumps(results, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tf_maml import MAML
@@ -196,3 +197,24 @@ def test_subclassed_model_trains_and_adapts():
     np.testing.assert_allclose(adapted(qx[0]).numpy(), maml.adapted_predictions(sx[0], sy[0], qx[0], steps=1).numpy(),
                                atol=1e-5)
     assert not np.allclose(adapted(qx[0]).numpy(), maml(qx[0]).numpy(), atol=1e-4)  # it did adapt
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_adapted_predictions():
+    """MAML++'s evaluation: each member adapts to the task on its own; their query predictions are averaged."""
+    members = []
+    for seed, lr in ((2, 0.01), (5, 0.1)):
+        maml = MAML(sinusoid_mlp(seed=seed), inner_lr=lr)
+        maml.compile(loss="mse")
+        members.append(maml)
+    test = sinusoid_episodes(5, 10, seed=3)
+    sx, sy, qx, qy = next(iter(test))
+    each = [m.predict_after_adaptation(sx, sy, qx, steps=(0, 1)) for m in members]
+    assert np.abs(each[0] - each[1]).max() > 1e-2  # two different learners, so the mean is not either one
+    first_query = lambda pred, y: pred[:, 0, 0]  # noqa: E731  (a "score" that reveals the scored prediction)
+    scored = scores_after_adaptation(members, test, (0, 1), first_query, tasks=5)
+    for i, s in enumerate((0, 1)):
+        np.testing.assert_allclose(scored[s], (each[0][i] + each[1][i])[:, 0, 0] / 2, rtol=1e-5, atol=1e-6)
+    alone = scores_after_adaptation(members[:1], test, (1,), task_mse, tasks=5)[1]
+    np.testing.assert_allclose(alone, scores_after_adaptation(members[0], test, (1,), task_mse, tasks=5)[1])
+    with pytest.raises(ValueError, match="empty ensemble"):
+        scores_after_adaptation([], test, (1,), task_mse, tasks=5)

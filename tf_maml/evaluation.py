@@ -28,6 +28,14 @@ def task_accuracy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (logits.argmax(-1) == y.reshape(logits.shape[:2])).mean(axis=1)
 
 
+def ensemble_members(maml) -> list:
+    """The meta-learners behind ``maml``: itself, or the members of a list or tuple of them (an ensemble)."""
+    members = list(maml) if isinstance(maml, (list, tuple)) else [maml]
+    if not members:
+        raise ValueError("An empty ensemble: pass one meta-learner, or a list of at least one.")
+    return members
+
+
 def scores_after_adaptation(
     maml,
     episodes: Iterable,
@@ -35,13 +43,18 @@ def scores_after_adaptation(
     score: Callable[[np.ndarray, np.ndarray], np.ndarray],
     tasks: int,
 ) -> dict[int, np.ndarray]:
-    """Per-task scores of ``maml`` after each step count, over at least ``tasks`` tasks from ``episodes``."""
+    """Per-task scores of ``maml`` after each step count, over at least ``tasks`` tasks from ``episodes``.
+
+    ``maml`` may be a list of meta-learners, an ensemble: each adapts to every task on its own and their query
+    predictions (logits, for a classifier) are averaged before scoring, as MAML++ reports its figures (the
+    logits of the five checkpoints of a run best on validation, averaged)."""
+    members = ensemble_members(maml)
     steps = sorted(set(int(s) for s in steps))  # a repeated count would count each task twice
     collected: dict[int, list[np.ndarray]] = {s: [] for s in steps}
     seen = 0
     for batch in episodes:
         sx, sy, qx, qy = as_episode_batch(batch)
-        preds = maml.predict_after_adaptation(sx, sy, qx, steps=steps)
+        preds = np.mean([m.predict_after_adaptation(sx, sy, qx, steps=steps) for m in members], axis=0)
         for i, s in enumerate(steps):
             collected[s].append(score(preds[i], tf.convert_to_tensor(qy).numpy()))
         seen += int(sx.shape[0])

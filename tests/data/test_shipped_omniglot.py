@@ -83,3 +83,27 @@ def test_eval_script_writes_the_figures_it_prints(paper_classes, real_data_dir, 
     assert saved["tasks"] == 20 and saved["classes"] == "test" and (saved["shots"], saved["queries"]) == (1, 1)
     assert saved["accuracy"] == saved["by_steps"]["1"]["accuracy"] > 0.9 > 0.4 > saved["by_steps"]["0"]["accuracy"]
     assert 0 <= saved["ci95"] < 0.05  # 0 when every task scores the same
+
+
+def test_eval_script_evaluates_several_models_as_one_ensemble(paper_classes, real_data_dir, real_cache_dir, tmp_path):
+    """``eval_omniglot.py --saved-model A B``: one figure for the two, their adapted logits averaged (MAML++'s
+    protocol), the same the library computes; members of another N-way are refused with the reason."""
+    names = [str(SAVED / n) for n in ("omniglot_5way1shot", "omniglot_5way5shot")]
+    if not all(os.path.exists(n) for n in names):
+        pytest.skip("the 5-way meta-learners are not shipped")
+    out = tmp_path / "ensemble.json"
+    env = {**os.environ, "TF_MAML_CACHE_DIR": str(real_cache_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, str(SAVED.parent / "scripts" / "eval_omniglot.py"), "--saved-model", *names,
+         "--tasks", "12", "--steps", "1", "--offline", "--data-dir", str(real_data_dir), "--json", str(out)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads(out.read_text())
+    assert saved["ensemble"] == names and len(saved["meta_steps"]) == 2 and saved["accuracy"] > 0.9
+    members, config = omniglot.load_ensemble(saved_models=names)
+    assert config == omniglot.load_for_evaluation(saved_model=names[0])[1]  # tasks are the first member's
+    here = omniglot.evaluate(members, config, paper_classes, 12, seed=0, steps=(1,))
+    assert here["by_steps"] == saved["by_steps"]
+    if (SAVED / "omniglot_20way1shot").exists():
+        with pytest.raises(ValueError, match="ways=20 but .* has 5"):
+            omniglot.load_ensemble(saved_models=[names[0], str(SAVED / "omniglot_20way1shot")])

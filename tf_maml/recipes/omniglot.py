@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from typing import ClassVar
+from typing import ClassVar, Sequence
 
 import keras
 
@@ -210,11 +210,12 @@ def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = N
 EVALUATION_CLASSES = ("test", "validation")
 
 
-def evaluate(maml: MAML, config: OmniglotConfig, data: OmniglotClasses, tasks: int, seed: int,
+def evaluate(maml: MAML | Sequence[MAML], config: OmniglotConfig, data: OmniglotClasses, tasks: int, seed: int,
              steps: tuple[int, ...] | None = None, classes: str = "test") -> dict:
     """Accuracy on freshly sampled tasks, mean and 95% interval, after each number of steps: on meta-test
     characters, or (``classes="validation"``) on the meta-validation ones, where choices such as the number of
-    test-time steps can be made without looking at the characters the result is reported on."""
+    test-time steps can be made without looking at the characters the result is reported on. A list of
+    meta-learners is evaluated as an ensemble (see :func:`load_ensemble`)."""
     check_value("tasks", tasks, integer(1))
     check_value("classes", classes, one_of(*EVALUATION_CLASSES))
     split = data.meta_test if classes == "test" else data.meta_val
@@ -262,6 +263,29 @@ def load_for_evaluation(workdir: str | None = None, saved_model: str | None = No
     source = f"the metadata of {saved_model}"
     config = training.config_from_dict(OmniglotConfig, read_metadata(saved_model).get("config"), source)
     return load(saved_model), config  # loaded once its metadata says it is an Omniglot model
+
+
+def load_ensemble(workdirs: Sequence[str] = (), saved_models: Sequence[str] = ()) -> tuple[list[MAML], OmniglotConfig]:
+    """Meta-learners to evaluate as one ensemble (their adapted logits averaged, as MAML++ reports its figures),
+    with the configuration of the first, whose tasks they are all evaluated on. They must classify the same
+    number of ways and hold out the same meta-test characters (the same split); they may differ in anything
+    else, e.g. snapshots at the end of successive warm restarts of one run (a snapshot ensemble)."""
+    sources = [("workdir", w) for w in workdirs] + [("saved_model", m) for m in saved_models]
+    if not sources:
+        raise ValueError("An ensemble needs at least one training directory or saved model.")
+    members, configs = [], []
+    for kind, path in sources:
+        maml, config = load_for_evaluation(**{kind: path})
+        members.append(maml)
+        configs.append(config)
+    first = configs[0]
+    for (_, path), config in zip(sources[1:], configs[1:]):
+        for field in ("ways", "split"):
+            if getattr(config, field) != getattr(first, field):
+                raise ValueError(f"{path} has {field}={getattr(config, field)!r} but {sources[0][1]} has "
+                                 f"{getattr(first, field)!r}: an ensemble's members must classify the same ways "
+                                 "and hold out the same meta-test characters.")
+    return members, first
 
 
 def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | None = None,
