@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--classes", choices=omniglot.EVALUATION_CLASSES, default="test",
                         help="characters the tasks are drawn from: meta-test (default, the reported figure) or "
                              "meta-validation (never trained on either: choose --steps or --shots there)")
+    parser.add_argument("--rotations", type=int, choices=(1, 4),
+                        help="4: each character in four rotations, distinct classes (the MAML paper's protocol, the "
+                             "default); 1: unrotated characters only (MAML++'s test protocol)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here')
     args = parser.parse_args()
@@ -49,7 +52,8 @@ def main() -> None:
     if args.json:  # before minutes of evaluation, not after
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     results = omniglot.evaluate(members, config, data, args.tasks, seed=args.seed,
-                                steps=tuple(args.steps) if args.steps else None, classes=args.classes)
+                                steps=tuple(args.steps) if args.steps else None, classes=args.classes,
+                                rotations=args.rotations)
     results.update(shots=config.shots, queries=config.query_count)
     meta_steps = [m.meta_steps_done() if getattr(m, "optimizer", None) else None for m in members]
     results["meta_steps"] = meta_steps[0] if len(members) == 1 else meta_steps

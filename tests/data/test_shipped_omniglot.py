@@ -107,3 +107,20 @@ def test_eval_script_evaluates_several_models_as_one_ensemble(paper_classes, rea
     if (SAVED / "omniglot_20way1shot").exists():
         with pytest.raises(ValueError, match="ways=20 but .* has 5"):
             omniglot.load_ensemble(saved_models=[names[0], str(SAVED / "omniglot_20way1shot")])
+
+
+def test_evaluation_on_unrotated_characters_as_maml_plus_plus_tests(paper_classes, monkeypatch):
+    """``eval_omniglot.py --rotations 1``: tasks of the meta-test characters as drawn, none rotated."""
+    if not (SAVED / "omniglot_5way1shot").exists():
+        pytest.skip("omniglot_5way1shot is not shipped")
+    maml, config = omniglot.load_for_evaluation(saved_model=str(SAVED / "omniglot_5way1shot"))
+    drawn_from = []
+    sample = omniglot.episodes
+    monkeypatch.setattr(omniglot, "episodes", lambda c, split, *a, **k: drawn_from.append(split) or sample(c, split, *a, **k))
+    unrotated = omniglot.evaluate(maml, config, paper_classes, 8, seed=3, steps=(1,), rotations=1)
+    test = paper_classes.meta_test
+    assert drawn_from[-1].rotations == 1 and drawn_from[-1].num_classes == test.num_characters < test.num_classes
+    assert drawn_from[-1].images is test.images and unrotated["rotations"] == 1 and unrotated["accuracy"] > 0.8
+    assert omniglot.evaluate(maml, config, paper_classes, 8, seed=3, steps=(1,))["rotations"] == test.rotations == 4
+    with pytest.raises(ValueError, match="rotations"):
+        omniglot.evaluate(maml, config, paper_classes, 8, seed=3, steps=(1,), rotations=2)

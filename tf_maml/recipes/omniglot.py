@@ -211,23 +211,29 @@ EVALUATION_CLASSES = ("test", "validation")
 
 
 def evaluate(maml: MAML | Sequence[MAML], config: OmniglotConfig, data: OmniglotClasses, tasks: int, seed: int,
-             steps: tuple[int, ...] | None = None, classes: str = "test") -> dict:
+             steps: tuple[int, ...] | None = None, classes: str = "test", rotations: int | None = None) -> dict:
     """Accuracy on freshly sampled tasks, mean and 95% interval, after each number of steps: on meta-test
     characters, or (``classes="validation"``) on the meta-validation ones, where choices such as the number of
     test-time steps can be made without looking at the characters the result is reported on. A list of
-    meta-learners is evaluated as an ensemble (see :func:`load_ensemble`)."""
+    meta-learners is evaluated as an ensemble (see :func:`load_ensemble`). ``rotations=1`` draws the unrotated
+    characters only (MAML++'s test protocol; rotations augment its training only), 4 every character in four
+    rotations as distinct classes (the MAML paper's, the splits' default)."""
     check_value("tasks", tasks, integer(1))
     check_value("classes", classes, one_of(*EVALUATION_CLASSES))
+    check_value("rotations", rotations, optional(one_of(1, 4)))
     split = data.meta_test if classes == "test" else data.meta_val
     if split is None:
         raise ValueError("classes='validation' needs meta-validation characters: load the classes with "
                          "validation=True (the scripts do).")
+    if rotations is not None:
+        split = dataclasses.replace(split, rotations=rotations)
     steps = steps or (0, config.inner_steps, config.eval_inner_steps)
     sampled = episodes(config, split, seed + 1_000_003, meta_batch=min(tasks, 50))
     scores = scores_after_adaptation(maml, sampled, steps, task_accuracy, tasks)
     summary = summarize(scores)
     final = summary[max(steps)]
     return {"accuracy": final[0], "ci95": final[1], "tasks": tasks, "steps": max(steps), "classes": classes,
+            "rotations": split.rotations,
             "by_steps": {str(s): {"accuracy": m, "ci95": c} for s, (m, c) in summary.items()}}
 
 
