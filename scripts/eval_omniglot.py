@@ -20,8 +20,10 @@ from tf_maml.settings import flag_type, integer  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--workdir", nargs="+", help="a training directory: its newest checkpoint is evaluated")
-    source.add_argument("--saved-model", nargs="+", help="a shipped meta-learner, e.g. saved_models/omniglot_5way1shot")
+    source.add_argument("--workdir", nargs="+", action="extend",
+                        help="a training directory: its newest checkpoint is evaluated (several: an ensemble)")
+    source.add_argument("--saved-model", nargs="+", action="extend",
+                        help="a shipped meta-learner, e.g. saved_models/omniglot_5way1shot (several: an ensemble)")
     parser.add_argument("--tasks", type=flag_type(integer(1)), default=600, help="meta-test tasks (default 600)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shots", type=flag_type(integer(1)),
@@ -37,7 +39,9 @@ def main() -> None:
                         help="4: each character in four rotations, distinct classes (the MAML paper's protocol, the "
                              "default); 1: unrotated characters only (MAML++'s test protocol)")
     omniglot.add_data_arguments(parser)
-    parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here')
+    parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here (for '
+                                                       'an ensemble also "ensemble": its paths, and "meta_steps" '
+                                                       'is a list, one per member)')
     args = parser.parse_args()
 
     set_graph_optimization("fusion")

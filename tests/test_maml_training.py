@@ -214,7 +214,9 @@ def test_an_ensemble_scores_the_mean_of_its_members_adapted_predictions():
     scored = scores_after_adaptation(members, test, (0, 1), first_query, tasks=5)
     for i, s in enumerate((0, 1)):
         np.testing.assert_allclose(scored[s], (each[0][i] + each[1][i])[:, 0, 0] / 2, rtol=1e-5, atol=1e-6)
-    alone = scores_after_adaptation(members[:1], test, (1,), task_mse, tasks=5)[1]
-    np.testing.assert_allclose(alone, scores_after_adaptation(members[0], test, (1,), task_mse, tasks=5)[1])
+    alone = scores_after_adaptation(members[:1], test, (1,), task_mse, tasks=5)[1]  # one member: itself
+    np.testing.assert_allclose(alone, task_mse(each[0][1], qy.numpy()), rtol=1e-5)
     with pytest.raises(ValueError, match="empty ensemble"):
         scores_after_adaptation([], test, (1,), task_mse, tasks=5)
+    with pytest.raises(TypeError, match="a meta-learner .* got .*Dataset"):
+        scores_after_adaptation(test, test, (1,), task_mse, tasks=5)

@@ -33,6 +33,10 @@ def ensemble_members(maml) -> list:
     members = list(maml) if isinstance(maml, (list, tuple)) else [maml]
     if not members:
         raise ValueError("An empty ensemble: pass one meta-learner, or a list of at least one.")
+    for member in members:
+        if not hasattr(member, "predict_after_adaptation"):
+            raise TypeError(f"Expected a meta-learner (tf_maml.MAML) or a list or tuple of them, got "
+                            f"{type(member).__name__}.")
     return members
 
 

@@ -264,10 +264,9 @@ def load_for_evaluation(workdir: str | None = None, saved_model: str | None = No
         if step == 0:
             raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints; train first (scripts/train_omniglot.py).")
         return maml, config
-    from tf_maml.serving import load, read_metadata
+    from tf_maml.serving import load
 
-    source = f"the metadata of {saved_model}"
-    config = training.config_from_dict(OmniglotConfig, read_metadata(saved_model).get("config"), source)
+    config = _evaluation_config("saved_model", saved_model)
     return load(saved_model), config  # loaded once its metadata says it is an Omniglot model
 
 
@@ -279,19 +278,31 @@ def load_ensemble(workdirs: Sequence[str] = (), saved_models: Sequence[str] = ()
     sources = [("workdir", w) for w in workdirs] + [("saved_model", m) for m in saved_models]
     if not sources:
         raise ValueError("An ensemble needs at least one training directory or saved model.")
-    members, configs = [], []
-    for kind, path in sources:
-        maml, config = load_for_evaluation(**{kind: path})
-        members.append(maml)
-        configs.append(config)
-    first = configs[0]
-    for (_, path), config in zip(sources[1:], configs[1:]):
+    from tf_maml.serving import resolve_version_dir
+
+    paths = [os.path.realpath(resolve_version_dir(path) if kind == "saved_model" else path) for kind, path in sources]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise ValueError(f"{sources[i][1]} is listed twice: each member of an ensemble counts once.")
+    first = _evaluation_config(*sources[0])
+    for kind, path in sources[1:]:  # before any slow model load
+        config = _evaluation_config(kind, path)
         for field in ("ways", "split"):
             if getattr(config, field) != getattr(first, field):
                 raise ValueError(f"{path} has {field}={getattr(config, field)!r} but {sources[0][1]} has "
                                  f"{getattr(first, field)!r}: an ensemble's members must classify the same ways "
                                  "and hold out the same meta-test characters.")
-    return members, first
+    return [load_for_evaluation(**{kind: path})[0] for kind, path in sources], first
+
+
+def _evaluation_config(kind: str, path: str) -> OmniglotConfig:
+    """The configuration of a training directory (``kind="workdir"``) or of a shipped meta-learner, read
+    without loading its model."""
+    if kind == "workdir":
+        return config_from_workdir(path)
+    from tf_maml.serving import read_metadata
+
+    return training.config_from_dict(OmniglotConfig, read_metadata(path).get("config"), f"the metadata of {path}")
 
 
 def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | None = None,
