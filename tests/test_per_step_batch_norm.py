@@ -207,3 +207,31 @@ def test_a_model_without_trainable_batch_norm_weights_is_refused_by_name():
     frozen = bn_model(lambda **kw: keras.layers.BatchNormalization(center=False, scale=False, **kw))
     with pytest.raises(ValueError, match="BatchNormalization layer with trainable scale"):
         MAML(frozen, per_step_batch_norm=True)
+
+
+def test_a_run_continues_from_its_export_with_every_copy_exactly(tmp_path):
+    """``train_omniglot.py --init-from`` on a per-step run: the copies and their Adam state travel in the export."""
+    from tf_maml.training import fit_resumable, read_budget, start_from_export
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        maml = MAML(bn_model(), inner_lr=0.05, inner_steps=2, per_step_batch_norm=True, task_execution="loop")
+        maml.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        return maml
+
+    tasks = tf.data.Dataset.from_tensor_slices(tuple(episode(tasks=80))).batch(4, drop_remainder=True).repeat()
+    data = lambda start: tasks.skip(start)  # noqa: E731  (a step-indexed episode stream)
+    straight = fresh()
+    fit_resumable(straight, data, 20, 10, str(tmp_path / "straight"), verbose=0)
+    first = fresh()
+    fit_resumable(first, data, 10, 10, str(tmp_path / "first"), verbose=0)
+    export = serving.export_meta_learner(first, str(tmp_path / "models"), "psbn",
+                                         metadata={"training": read_budget(str(tmp_path / "first" / "budget.json"))})
+    continued = fresh()
+    assert start_from_export(continued, export, str(tmp_path / "elsewhere")) == 10
+    np.testing.assert_array_equal(copy_of(continued, "bn/gamma").numpy(), copy_of(first, "bn/gamma").numpy())
+    fit_resumable(continued, data, 20, 10, str(tmp_path / "elsewhere"), verbose=0)
+    moved = copy_of(continued, "bn/gamma").numpy() - copy_of(first, "bn/gamma").numpy()
+    assert np.all(np.abs(moved) > 0)
+    for a, b in zip(continued.weights, straight.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
