@@ -2,7 +2,8 @@
 """Accuracy of a meta-trained Omniglot learner on freshly sampled meta-test tasks (mean and 95% CI); with
 ``--classes validation``, on meta-validation characters, to choose settings such as ``--steps`` there.
 Several ``--saved-model`` (or ``--workdir``) paths are evaluated as one ensemble: each adapts to every task
-and their logits are averaged, as MAML++ reports its figures."""
+and their logits are averaged, as MAML++ reports its figures (``--workdir RUN --best 5``: the run's five best
+epochs by validation, MAML++'s own ensemble)."""
 
 import argparse
 import json
@@ -15,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
 from tf_maml.settings import flag_type, integer  # noqa: E402
+from tf_maml.training import best_checkpoints  # noqa: E402
 
 
 def main() -> None:
@@ -24,6 +26,9 @@ def main() -> None:
                         help="a training directory: its newest checkpoint is evaluated (several: an ensemble)")
     source.add_argument("--saved-model", nargs="+", action="extend",
                         help="a shipped meta-learner, e.g. saved_models/omniglot_5way1shot (several: an ensemble)")
+    parser.add_argument("--best", type=flag_type(integer(1)), metavar="K",
+                        help="with --workdir: the ensemble of each run's K best checkpoints by validation accuracy "
+                             "(kept by train_omniglot.py --keep-best) instead of its newest")
     parser.add_argument("--tasks", type=flag_type(integer(1)), default=600, help="meta-test tasks (default 600)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shots", type=flag_type(integer(1)),
@@ -43,11 +48,14 @@ def main() -> None:
                                                        'an ensemble also "ensemble": its paths, and "meta_steps" '
                                                        'is a list, one per member)')
     args = parser.parse_args()
+    if args.best and not args.workdir:
+        parser.error("--best picks checkpoints of training directories: give them with --workdir.")
 
     set_graph_optimization("fusion")
     run_tasks_in_parallel()
     try:
-        members, config = omniglot.load_ensemble(workdirs=args.workdir or (), saved_models=args.saved_model or ())
+        members, config = omniglot.load_ensemble(workdirs=args.workdir or (), saved_models=args.saved_model or (),
+                                                 best=args.best or 0)
         if args.shots:
             config = omniglot.with_shots(config, args.shots)
     except (ValueError, FileNotFoundError) as err:
@@ -62,7 +70,8 @@ def main() -> None:
     meta_steps = [m.meta_steps_done() if getattr(m, "optimizer", None) else None for m in members]
     results["meta_steps"] = meta_steps[0] if len(members) == 1 else meta_steps
     if len(members) > 1:
-        results["ensemble"] = args.workdir or args.saved_model
+        results["ensemble"] = ([c for w in args.workdir for c in best_checkpoints(w, args.best)] if args.best
+                               else args.workdir or args.saved_model)
     print(json.dumps(results, indent=2))
     if args.json:
         with open(args.json, "w") as f:

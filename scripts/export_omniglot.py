@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
 from tf_maml.settings import flag_type, integer  # noqa: E402
+from tf_maml.training import best_checkpoints  # noqa: E402
 
 
 def main() -> None:
@@ -20,12 +21,16 @@ def main() -> None:
     parser.add_argument("--base", default="saved_models")
     parser.add_argument("--name", help="model name (default: omniglot_<N>way<K>shot)")
     parser.add_argument("--tasks", type=flag_type(integer(1)), default=600, help="meta-test tasks (default 600)")
+    parser.add_argument("--best", action="store_true",
+                        help="the run's best epoch by validation accuracy (kept by train_omniglot.py --keep-best) "
+                             "instead of its newest checkpoint")
     omniglot.add_data_arguments(parser)
     args = parser.parse_args()
     set_graph_optimization("fusion")
     run_tasks_in_parallel()
     try:
-        maml, config = omniglot.load_for_evaluation(workdir=args.workdir)
+        checkpoint = best_checkpoints(args.workdir, 1)[0] if args.best else None
+        maml, config = omniglot.load_for_evaluation(workdir=args.workdir, checkpoint=checkpoint)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     data = omniglot.load_classes(args, config.split, parser)
@@ -34,7 +39,7 @@ def main() -> None:
     with open(os.path.join(args.workdir, "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))
-    print("Exported:", omniglot.export(args.workdir, args.base, data, results, name=args.name))
+    print("Exported:", omniglot.export(args.workdir, args.base, data, results, name=args.name, checkpoint=checkpoint))
 
 
 if __name__ == "__main__":

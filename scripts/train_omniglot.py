@@ -51,6 +51,10 @@ def main() -> None:
     parser.add_argument("--per-step-bn", action="store_true",
                         help="MAML++'s per-step batch-norm weights: batch norm's scale and offset learned once per "
                              "inner step, not adapted in the inner loop")
+    parser.add_argument("--keep-best", type=flag_type(integer(0)), default=omniglot.KEEP_BEST, metavar="K",
+                        help="also keep the checkpoints of the K best epochs by validation accuracy, in "
+                             "<workdir>/checkpoints/best, for eval_omniglot.py --best (default "
+                             f"{omniglot.KEEP_BEST}, MAML++'s ensemble; 0: off)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--eval-tasks", type=flag_type(integer(1)),
                         help="meta-test tasks evaluated after training, >= 1 (default: the run's eval_tasks, 600)")
@@ -81,7 +85,8 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     data = omniglot.load_classes(args, config.split, parser)
-    maml = omniglot.train(config, workdir, data=data, verbose=args.verbose, init_from=args.init_from)
+    maml = omniglot.train(config, workdir, data=data, verbose=args.verbose, init_from=args.init_from,
+                          keep_best=args.keep_best)
     eval_tasks = args.eval_tasks if args.eval_tasks is not None else config.eval_tasks
     results = omniglot.evaluate(maml, config, data, eval_tasks, seed=config.seed)
     with open(os.path.join(workdir, "eval.json"), "w") as f:

@@ -181,6 +181,14 @@ def test_task_counts_are_checked_as_the_flags_they_are(tmp_path, script_error):
                                                                                "--shots", "0")
     assert "argument --classes: invalid choice: 'train'" in script_error("eval_omniglot", "--saved-model", model,
                                                                           "--classes", "train")
+    assert "--best picks checkpoints of training directories: give them with --workdir" in script_error(
+        "eval_omniglot", "--saved-model", model, "--best", "2")
+    omniglot_run = tmp_path / "unvalidated"  # settings only: trained without keep_best, or not validated yet
+    training.save_config(omniglot.PRESETS["5way1shot"], str(omniglot_run))
+    assert "2 best checkpoints asked of" in script_error("eval_omniglot", "--workdir", str(omniglot_run), "--best", "2")
+    assert "1 best checkpoint asked of" in script_error("export_omniglot", "--workdir", str(omniglot_run), "--best")
+    assert "argument --keep-best: must be an integer >= 0, got -1" in script_error(
+        "train_omniglot", "--workdir", str(tmp_path / "run"), "--keep-best", "-1")
     # Checked before the data is loaded: this test has no Omniglot copy to reach.
     assert "need 22 drawings of each character; Omniglot has 20" in script_error(
         "eval_omniglot", "--saved-model", model, "--shots", "11", "--offline", "--data-dir", str(tmp_path / "none"))

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tf_maml import MAML, serving
+from tf_maml import MAML, serving, training
 from tf_maml.data.sinusoid import sinusoid_episodes
 from tf_maml.models.mlp import sinusoid_mlp
 from tf_maml.training import fit_resumable, read_budget, start_from_export
@@ -287,3 +287,40 @@ def test_a_warm_restart_begins_the_annealing_again_at_the_exports_step(tmp_path)
         omniglot.config_for_run(None, {"cosine_meta_lr": 2000}, str(tmp_path / "same"), init_from=export,
                                 warm_restart=True)
     assert not (tmp_path / "bad").exists()
+
+
+class _RecordWeights(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.at = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.at[self.model.meta_steps_done()] = ([w.numpy() for w in self.model.weights], logs["val_loss"])
+
+
+def test_the_best_epochs_by_validation_are_kept_across_resumes_and_restore(tmp_path):
+    """``keep_best``: the checkpoints of the epochs with the lowest validation loss survive the newest-three
+    rotation and a resume, ranked best first, and each restores that epoch's weights."""
+    validation = sinusoid_episodes(5, 10, seed=99).take(2).cache()
+    workdir = str(tmp_path / "run")
+    record = _RecordWeights()
+    run = dict(validation_data=validation, validation_steps=2, keep_best=2, monitor="val_loss", verbose=0)
+    fit_resumable(fresh(), make_dataset, 30, 10, workdir, callbacks=[record], **run)
+    resumed = fresh()
+    fit_resumable(resumed, make_dataset, 60, 10, workdir, callbacks=[record], **run)
+    ranked = sorted(record.at, key=lambda step: record.at[step][1])[:2]
+    paths = training.best_checkpoints(workdir, 2)
+    assert [os.path.basename(p) for p in paths] == [f"ckpt-{step}" for step in ranked]
+    assert sorted(os.listdir(os.path.dirname(paths[0]))) == sorted(
+        ["best.json"] + [os.path.basename(p) + ext for p in paths for ext in (".index", ".data-00000-of-00001")])
+    for path, step in zip(paths, ranked):
+        restored = fresh()
+        assert serving.restore_checkpoint(restored, path) == step
+        for mine, kept in zip(restored.weights, record.at[step][0]):
+            np.testing.assert_array_equal(np.asarray(mine), kept)
+    with pytest.raises(ValueError, match="3 best checkpoints asked .* keeps 2: ask for at most 2"):
+        training.best_checkpoints(workdir, 3)
+    with pytest.raises(ValueError, match="ranks checkpoints by 'val_loss', not 'val_accuracy'"):
+        fit_resumable(resumed, make_dataset, 70, 10, workdir, **{**run, "monitor": "val_accuracy"})
+    with pytest.raises(ValueError, match="pass validation_data"):
+        fit_resumable(fresh(), make_dataset, 10, 10, str(tmp_path / "other"), keep_best=1, verbose=0)

@@ -7,7 +7,9 @@ exactly the batches an uninterrupted run would have seen: resume is exact, not a
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
+import math
 import os
 import time
 from typing import Any, Callable, Sequence, TypeVar
@@ -152,6 +154,77 @@ class _SaveCheckpoint(keras.callbacks.Callback):
         self.manager.save(checkpoint_number=self.model.meta_steps_done())
 
 
+BEST_DIR = "best"
+BEST_FILE = "best.json"
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """Keep the ``keep`` checkpoints of the epochs with the best ``monitor`` (the highest accuracy, the lowest
+    loss) in ``checkpoints/best``, ranked in ``best.json``: the newest-three rotation of the run's own checkpoints
+    would drop them. MAML++ reports the ensemble of a run's five best epochs by validation (see
+    :func:`best_checkpoints`)."""
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, keep: int, monitor: str) -> None:
+        super().__init__()
+        self.checkpoint, self.directory, self.keep, self.monitor = checkpoint, directory, keep, monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return  # no validation this epoch (or a NaN one): nothing to rank
+        step = self.model.meta_steps_done()
+        ranked = [e for e in read_best(self.directory, self.monitor) if e["meta_step"] != step]  # a rerun epoch
+        ranked.append({"meta_step": step, self.monitor: float(value), "checkpoint": f"ckpt-{step}"})
+        sign = -1 if higher_is_better(self.monitor) else 1
+        ranked.sort(key=lambda e: (sign * e[self.monitor], e["meta_step"]))  # ties: the earlier epoch
+        kept, dropped = ranked[:self.keep], ranked[self.keep:]
+        os.makedirs(self.directory, exist_ok=True)
+        if any(e["meta_step"] == step for e in kept):
+            self.checkpoint.write(os.path.join(self.directory, f"ckpt-{step}"))
+        path = os.path.join(self.directory, BEST_FILE)
+        with open(path + ".tmp", "w") as f:  # after the new file, before the dropped go: none it lists is missing
+            json.dump({"monitor": self.monitor, "checkpoints": kept}, f, indent=2)
+        os.replace(path + ".tmp", path)
+        for entry in dropped:
+            for name in glob.glob(os.path.join(self.directory, entry["checkpoint"] + ".*")):
+                os.remove(name)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better: accuracies are, losses and errors are not (Keras's "auto" mode)."""
+    return "acc" in metric
+
+
+def read_best(directory: str, monitor: str | None = None) -> list[dict]:
+    """The ranking :class:`_KeepBest` keeps in ``directory`` (best first; empty when there is none). A ranking by
+    another ``monitor`` than asked is refused: mixing two rankings would keep checkpoints on unlike figures."""
+    path = os.path.join(directory, BEST_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    if monitor is not None and saved["monitor"] != monitor:
+        raise ValueError(f"{path} ranks checkpoints by {saved['monitor']!r}, not {monitor!r}: keep ranking by "
+                         f"{saved['monitor']!r}, or move {directory} away to begin a new ranking.")
+    return saved["checkpoints"]
+
+
+def best_checkpoints(workdir: str, count: int) -> list[str]:
+    """The checkpoint paths of the ``count`` best epochs of the run in ``workdir`` by validation, best first
+    (kept when it trained with ``keep_best``; see :func:`fit_resumable`). For an ensemble of a run's snapshots,
+    as MAML++ reports its figures, or to pick its best epoch rather than its last."""
+    check_value("count", count, integer(1))
+    directory = os.path.join(workdir, "checkpoints", BEST_DIR)
+    ranked = read_best(directory)
+    if len(ranked) < count:
+        asked = f"{count} best checkpoint{'s' * (count > 1)} asked of {workdir}, but it keeps"
+        if not ranked:
+            raise ValueError(f"{asked} none (trained without keep_best, or not validated yet): train it with "
+                             f"--keep-best {count} (at least).")
+        raise ValueError(f"{asked} {len(ranked)}: ask for at most {len(ranked)}, or train with --keep-best {count}.")
+    return [os.path.join(directory, e["checkpoint"]) for e in ranked[:count]]
+
+
 class _RecordBudget(keras.callbacks.Callback):
     """Keep ``budget.json`` (meta-steps reached, wall seconds and sessions, summed over resumed runs)
     current at every checkpoint, so a run stopped by hand still reports what it actually spent."""
@@ -289,13 +362,21 @@ def fit_resumable(
     validation_steps: int | None = None,
     tensorboard: bool = True,
     verbose: int | str = "auto",
+    keep_best: int = 0,
+    monitor: str = "val_accuracy",
 ) -> keras.callbacks.History | None:
     """Meta-train ``maml`` to ``total_steps`` meta-steps, resuming from ``workdir/checkpoints`` if present.
 
     TensorBoard logs go to ``workdir/logs``; ``workdir/budget.json`` records the meta-steps and wall time
-    spent so far. Returns the Keras history, or None when already done.
+    spent so far. With ``keep_best``, the checkpoints of that many epochs with the highest ``monitor`` (a
+    validation metric) are also kept, in ``checkpoints/best`` (see :func:`best_checkpoints`). Returns the Keras
+    history, or None when already done.
     """
     check_value("steps_per_epoch", steps_per_epoch, integer(1))
+    check_value("keep_best", keep_best, integer(0))
+    if keep_best and validation_data is None:
+        raise ValueError(f"keep_best={keep_best} ranks epochs by {monitor!r}, a validation figure: pass "
+                         "validation_data, or keep_best=0.")
     for problem in (epochs_problem(total_steps, steps_per_epoch),
                     execution_problem(steps_per_epoch, int(getattr(maml, "steps_per_execution", 1) or 1))):
         if problem:
@@ -312,6 +393,9 @@ def fit_resumable(
     if start >= total_steps:
         return None
     all_callbacks = [_SaveCheckpoint(manager), _RecordBudget(os.path.join(workdir, "budget.json")), *callbacks]
+    if keep_best:
+        read_best(os.path.join(ckpt_dir, BEST_DIR), monitor)  # another ranking is refused before training
+        all_callbacks.insert(1, _KeepBest(manager.checkpoint, os.path.join(ckpt_dir, BEST_DIR), keep_best, monitor))
     if tensorboard:
         all_callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
     return maml.fit(

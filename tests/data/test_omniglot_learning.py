@@ -3,12 +3,18 @@
 import dataclasses
 import json
 import os
+import runpy
+import sys
 
 import numpy as np
 
+from tf_maml import performance
+from tf_maml.training import best_checkpoints
 from tf_maml.event_logs import decode_image, read_events, read_scalars
 from tf_maml.recipes import omniglot
 from tf_maml.serving import read_metadata
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_short_meta_training_beats_chance_on_unseen_characters(paper_classes, tmp_path, monkeypatch):
@@ -39,6 +45,27 @@ def test_short_meta_training_beats_chance_on_unseen_characters(paper_classes, tm
     grid = decode_image(images[0])
     assert grid.shape[:2] == (5 * 28, 3 * 28)
     assert grid[:, 28:56].std() == 0 and grid[:, :28].std() > 0  # the gap is blank; the images are not
+
+    # The best epochs by validation accuracy are kept (here both), best first: eval_omniglot.py --best
+    # evaluates them as one ensemble, MAML++'s protocol.
+    validation = read_scalars(str(tmp_path / "logs" / "validation"))["epoch_accuracy"]
+    ranked = sorted(validation, key=lambda epoch: (-validation[epoch], epoch))
+    kept = best_checkpoints(str(tmp_path), 2)
+    assert [os.path.basename(p) for p in kept] == [f"ckpt-{40 * (epoch + 1)}" for epoch in ranked]
+    monkeypatch.setattr(performance, "set_graph_optimization", lambda level: None)
+    monkeypatch.setattr(performance, "run_tasks_in_parallel", lambda: None)
+    monkeypatch.setattr(omniglot, "load_classes", lambda args, split, parser: paper_classes)
+    out = tmp_path / "best.json"
+    monkeypatch.setattr(sys, "argv", ["eval_omniglot.py", "--workdir", str(tmp_path), "--best", "2", "--tasks", "10",
+                                      "--steps", "5", "--json", str(out)])
+    runpy.run_path(os.path.join(ROOT, "scripts", "eval_omniglot.py"), run_name="__main__")
+    ensemble = json.loads(out.read_text())
+    assert ensemble["ensemble"] == kept and ensemble["meta_steps"] == [40 * (epoch + 1) for epoch in ranked]
+    assert ensemble["accuracy"] > 0.4
+    best = read_metadata(omniglot.export(str(tmp_path), str(tmp_path / "best"), paper_classes, checkpoint=kept[0]))
+    assert best["meta_steps_trained"] == best["training"]["meta_steps"] == int(kept[0].rsplit("-", 1)[1])
+    assert best["training"].get("run_meta_steps", 80) == 80 and best["source_checkpoint"].endswith(
+        os.path.join("best", os.path.basename(kept[0])))
 
     # Exported with the budget a continuation writes: no path of the training machine ships.
     monkeypatch.chdir(tmp_path)

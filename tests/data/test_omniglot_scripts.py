@@ -100,9 +100,9 @@ def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(performance, "run_tasks_in_parallel", lambda: seen.setdefault("threads", True))
     monkeypatch.setattr(omniglot, "load_classes", lambda args, split, parser: seen.update(split=split, args=args) or "DATA")
 
-    def fake_train(config, workdir, data, verbose, init_from):
+    def fake_train(config, workdir, data, verbose, init_from, keep_best):
         omniglot.training.save_config(config, workdir)
-        seen.update(config=config, workdir=workdir, data=data, init_from=init_from)
+        seen.update(config=config, workdir=workdir, data=data, init_from=init_from, keep_best=keep_best)
         return "MAML"
 
     monkeypatch.setattr(omniglot, "train", fake_train)
@@ -112,7 +112,7 @@ def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
             "--steps-per-epoch", "50", "--split", "tfds", "--first-order", "--batch-norm", "running",
             "--offline", "--data-dir", str(tmp_path / "data"), "--eval-tasks", "7", "--graph-optimization", "off",
             "--learn-inner-lr", "per_step", "--multi-step-loss", "1000", "--first-order-until", "200",
-            "--cosine-meta-lr", "300", "--per-step-bn"]
+            "--cosine-meta-lr", "300", "--per-step-bn", "--keep-best", "3"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(os.path.join(ROOT, "scripts", "train_omniglot.py"), run_name="__main__")
     c = seen["config"]
@@ -122,6 +122,7 @@ def test_train_script_flags_reach_the_run_config(tmp_path, monkeypatch, capsys):
         "per_step", 1000, 200, 300, True)
     assert seen["split"] == "tfds" and seen["args"].offline and seen["args"].data_dir == str(tmp_path / "data")
     assert seen["graph"] == "off" and seen["threads"] and seen["data"] == "DATA" and seen["init_from"] is None
+    assert seen["keep_best"] == 3
     assert json.loads((workdir / "eval.json").read_text()) == {"tasks": 7}
 
     seen.clear()

@@ -18,7 +18,7 @@ from tf_maml.maml import (BATCH_NORM_MODES, LEARN_INNER_LR, MAML, TASK_EXECUTION
                           per_step_batch_norm_problem)
 from tf_maml.models.convnets import omniglot_convnet
 from tf_maml.settings import BOOLEAN, Rule, check_settings, check_value, epochs_problem, integer, number, one_of, optional
-from tf_maml.training import fit_resumable, read_budget, restore_latest
+from tf_maml.training import best_checkpoints, fit_resumable, read_budget, restore_latest
 
 SPLITS = ("paper", "tfds")
 
@@ -93,6 +93,7 @@ PRESETS = {
 
 
 DEFAULT_PRESET = "5way1shot"
+KEEP_BEST = 5  # MAML++ reports the ensemble of a run's five best epochs by validation
 
 
 def config_for_run(preset: str | None, overrides: dict, workdir: str | None = None,
@@ -186,9 +187,10 @@ def episodes(config: OmniglotConfig, split, seed: int, start_step: int = 0, meta
 
 
 def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = None, verbose: int | str = "auto",
-          data_dir: str | None = None, init_from: str | None = None) -> MAML:
+          data_dir: str | None = None, init_from: str | None = None, keep_best: int = KEEP_BEST) -> MAML:
     """Meta-train (resuming from ``workdir`` if it has checkpoints, or continuing the exported meta-learner
-    ``init_from``: see :func:`tf_maml.training.start_from_export`), validating every epoch."""
+    ``init_from``: see :func:`tf_maml.training.start_from_export`), validating every epoch and keeping the
+    checkpoints of the ``keep_best`` best epochs by validation accuracy (an ensemble's members)."""
     data = data or load_omniglot_classes(config.split, data_dir=data_dir, validation=True)
     maml = build_meta_learner(config)
     if init_from is not None:
@@ -201,7 +203,7 @@ def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = N
         maml, train_data, config.meta_steps, config.steps_per_epoch, workdir,
         callbacks=[EpisodeImages(os.path.join(workdir, "logs"), next(iter(train_data(0))))],
         validation_data=episodes(config, data.meta_val, config.seed + 1).take(val_batch).cache(),
-        validation_steps=val_batch, verbose=verbose,
+        validation_steps=val_batch, verbose=verbose, keep_best=keep_best,
     )
     maml.save(os.path.join(workdir, "maml.keras"))
     return maml
@@ -254,12 +256,19 @@ def config_from_workdir(workdir: str) -> OmniglotConfig:
     return training.load_config(OmniglotConfig, workdir)
 
 
-def load_for_evaluation(workdir: str | None = None, saved_model: str | None = None) -> tuple[MAML, OmniglotConfig]:
-    """The meta-learner and its configuration, from a training directory's newest checkpoint or from
-    a shipped SavedModel (whose metadata carries the configuration)."""
+def load_for_evaluation(workdir: str | None = None, saved_model: str | None = None,
+                        checkpoint: str | None = None) -> tuple[MAML, OmniglotConfig]:
+    """The meta-learner and its configuration, from a training directory's newest checkpoint (or its
+    ``checkpoint``, e.g. one of :func:`tf_maml.training.best_checkpoints`) or from a shipped SavedModel (whose
+    metadata carries the configuration)."""
     if workdir is not None:
         config = config_from_workdir(workdir)
         maml = build_meta_learner(config)
+        if checkpoint is not None:
+            from tf_maml.serving import restore_checkpoint
+
+            restore_checkpoint(maml, checkpoint)
+            return maml, config
         step = restore_latest(maml, os.path.join(workdir, "checkpoints"))
         if step == 0:
             raise FileNotFoundError(f"No checkpoint under {workdir}/checkpoints; train first (scripts/train_omniglot.py).")
@@ -270,16 +279,22 @@ def load_for_evaluation(workdir: str | None = None, saved_model: str | None = No
     return load(saved_model), config  # loaded once its metadata says it is an Omniglot model
 
 
-def load_ensemble(workdirs: Sequence[str] = (), saved_models: Sequence[str] = ()) -> tuple[list[MAML], OmniglotConfig]:
+def load_ensemble(workdirs: Sequence[str] = (), saved_models: Sequence[str] = (),
+                  best: int = 0) -> tuple[list[MAML], OmniglotConfig]:
     """Meta-learners to evaluate as one ensemble (their adapted logits averaged, as MAML++ reports its figures),
     with the configuration of the first, whose tasks they are all evaluated on. They must classify the same
     number of ways and hold out the same meta-test characters (the same split); they may differ in anything
-    else, e.g. snapshots at the end of successive warm restarts of one run (a snapshot ensemble)."""
+    else, e.g. snapshots at the end of successive warm restarts of one run (a snapshot ensemble). With ``best``,
+    each training directory gives the checkpoints of its ``best`` best epochs by validation (MAML++'s protocol:
+    ``best=5``) instead of its newest."""
+    check_value("best", best, integer(0))
     sources = [("workdir", w) for w in workdirs] + [("saved_model", m) for m in saved_models]
     if not sources:
         raise ValueError("An ensemble needs at least one training directory or saved model.")
     from tf_maml.serving import resolve_version_dir
 
+    # Before any slow model load: the snapshots of each training directory (its newest: None)
+    checkpoints = {("workdir", w): best_checkpoints(w, best) for w in workdirs} if best else {}
     paths = [os.path.realpath(resolve_version_dir(path) if kind == "saved_model" else path) for kind, path in sources]
     for i, path in enumerate(paths):
         if path in paths[:i]:
@@ -292,7 +307,8 @@ def load_ensemble(workdirs: Sequence[str] = (), saved_models: Sequence[str] = ()
                 raise ValueError(f"{path} has {field}={getattr(config, field)!r} but {sources[0][1]} has "
                                  f"{getattr(first, field)!r}: an ensemble's members must classify the same ways "
                                  "and hold out the same meta-test characters.")
-    return [load_for_evaluation(**{kind: path})[0] for kind, path in sources], first
+    return [load_for_evaluation(**{kind: path}, checkpoint=c)[0] for kind, path in sources
+            for c in checkpoints.get((kind, path), [None])], first
 
 
 def _evaluation_config(kind: str, path: str) -> OmniglotConfig:
@@ -306,13 +322,17 @@ def _evaluation_config(kind: str, path: str) -> OmniglotConfig:
 
 
 def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | None = None,
-           name: str | None = None) -> str:
-    """Export the newest checkpoint of ``workdir`` as a served meta-learner, with metadata listing the
-    meta-test classes (TFDS label ids; each also appears rotated by 90/180/270°) and the budget spent."""
+           name: str | None = None, checkpoint: str | None = None) -> str:
+    """Export the newest checkpoint of ``workdir`` (or its ``checkpoint``, e.g. its best epoch by validation)
+    as a served meta-learner, with metadata listing the meta-test classes (TFDS label ids; each also appears
+    rotated by 90/180/270°) and the budget spent: the run's wall time so far, also when the checkpoint is an
+    earlier one (``run_meta_steps`` then says how far the run went)."""
     from tf_maml.serving import export_meta_learner, source_path
 
-    maml, config = load_for_evaluation(workdir=workdir)
+    maml, config = load_for_evaluation(workdir=workdir, checkpoint=checkpoint)
     budget = read_budget(os.path.join(workdir, "budget.json"))
+    if budget["meta_steps"] != maml.meta_steps_done():
+        budget["run_meta_steps"] = budget["meta_steps"]
     budget["meta_steps"] = maml.meta_steps_done()
     if "initialised_from" in budget:  # an absolute path of this machine, kept out of what ships
         budget["initialised_from"] = source_path(budget["initialised_from"])
@@ -328,7 +348,7 @@ def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | N
         "training": {**budget, "paper_meta_steps": 60_000},
         "meta_test_tfds_label_ids": sorted(int(i) for i in data.meta_test.label_ids),
         "meta_test_rotations": data.meta_test.rotations,
-        "source_checkpoint": source_path(os.path.join(workdir, "checkpoints")),
+        "source_checkpoint": source_path(checkpoint or os.path.join(workdir, "checkpoints")),
     }
     if results is not None:
         metadata["meta_test_accuracy"] = results
