@@ -16,7 +16,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tf_maml.performance import run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
 from tf_maml.settings import flag_type, integer  # noqa: E402
-from tf_maml.training import best_checkpoints  # noqa: E402
 
 
 def main() -> None:
@@ -45,8 +44,8 @@ def main() -> None:
                              "default); 1: unrotated characters only (MAML++'s test protocol)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help='write {"accuracy": ..., "ci95": ..., "tasks": ...} here (for '
-                                                       'an ensemble also "ensemble": its paths, and "meta_steps" '
-                                                       'is a list, one per member)')
+                                                       'an ensemble, or --best, also "ensemble": its paths, and '
+                                                       '"meta_steps" is a list, one per member)')
     args = parser.parse_args()
     if args.best and not args.workdir:
         parser.error("--best picks checkpoints of training directories: give them with --workdir.")
@@ -54,10 +53,11 @@ def main() -> None:
     set_graph_optimization("fusion")
     run_tasks_in_parallel()
     try:
-        members, config = omniglot.load_ensemble(workdirs=args.workdir or (), saved_models=args.saved_model or (),
-                                                 best=args.best or 0)
+        plan, config = omniglot.plan_ensemble(workdirs=args.workdir or (), saved_models=args.saved_model or (),
+                                              best=args.best or 0)
         if args.shots:
             config = omniglot.with_shots(config, args.shots)
+        members = [member.load() for member in plan]
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     data = omniglot.load_classes(args, config.split, parser)
@@ -69,9 +69,8 @@ def main() -> None:
     results.update(shots=config.shots, queries=config.query_count)
     meta_steps = [m.meta_steps_done() if getattr(m, "optimizer", None) else None for m in members]
     results["meta_steps"] = meta_steps[0] if len(members) == 1 else meta_steps
-    if len(members) > 1:
-        results["ensemble"] = ([c for w in args.workdir for c in best_checkpoints(w, args.best)] if args.best
-                               else args.workdir or args.saved_model)
+    if len(members) > 1 or args.best:  # the checkpoints of --best, even one
+        results["ensemble"] = [member.name for member in plan]
     print(json.dumps(results, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -36,6 +36,8 @@ def main() -> None:
     data = omniglot.load_classes(args, config.split, parser)
     results = omniglot.evaluate(maml, config, data, args.tasks, seed=0)
     results["meta_steps"] = maml.meta_steps_done()
+    if checkpoint:
+        results["checkpoint"] = checkpoint  # the run's best epoch, not its newest
     with open(os.path.join(args.workdir, "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))

@@ -51,10 +51,10 @@ def main() -> None:
     parser.add_argument("--per-step-bn", action="store_true",
                         help="MAML++'s per-step batch-norm weights: batch norm's scale and offset learned once per "
                              "inner step, not adapted in the inner loop")
-    parser.add_argument("--keep-best", type=flag_type(integer(0)), default=omniglot.KEEP_BEST, metavar="K",
+    parser.add_argument("--keep-best", type=flag_type(integer(0)), metavar="K",
                         help="also keep the checkpoints of the K best epochs by validation accuracy, in "
-                             "<workdir>/checkpoints/best, for eval_omniglot.py --best (default "
-                             f"{omniglot.KEEP_BEST}, MAML++'s ensemble; 0: off)")
+                             "<workdir>/checkpoints/best, for eval_omniglot.py --best (default: as many as the run "
+                             f"keeps, else {omniglot.KEEP_BEST}, MAML++'s ensemble; 0: none)")
     omniglot.add_data_arguments(parser)
     parser.add_argument("--eval-tasks", type=flag_type(integer(1)),
                         help="meta-test tasks evaluated after training, >= 1 (default: the run's eval_tasks, 600)")

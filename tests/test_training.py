@@ -320,7 +320,25 @@ def test_the_best_epochs_by_validation_are_kept_across_resumes_and_restore(tmp_p
             np.testing.assert_array_equal(np.asarray(mine), kept)
     with pytest.raises(ValueError, match="3 best checkpoints asked .* keeps 2: ask for at most 2"):
         training.best_checkpoints(workdir, 3)
+    # Refused before training: another ranking, or fewer kept (the files of the others would go)
     with pytest.raises(ValueError, match="ranks checkpoints by 'val_loss', not 'val_accuracy'"):
         fit_resumable(resumed, make_dataset, 70, 10, workdir, **{**run, "monitor": "val_accuracy"})
+    for fewer, says in ((1, "would delete some of them"), (0, "would leave that ranking stale")):
+        with pytest.raises(ValueError, match=f"keeps the 2 best checkpoints; keep_best={fewer} {says}: keep at least 2"):
+            fit_resumable(resumed, make_dataset, 70, 10, workdir, **{**run, "keep_best": fewer})
+    assert training.kept_best(workdir) == 2 and int(resumed.optimizer.iterations) == 60
+    # What an interrupted write left in best/ goes at the next ranked epoch; a third is kept there
+    best_dir = os.path.dirname(paths[0])
+    os.makedirs(os.path.join(best_dir, "ckpt-70_temp"))
+    open(os.path.join(best_dir, "ckpt-70.index"), "w").close()
+    fit_resumable(resumed, make_dataset, 70, 10, workdir, callbacks=[record], **{**run, "keep_best": 3})
+    kept = {os.path.basename(p) for p in training.best_checkpoints(workdir, 3)}
+    assert {name.split(".")[0] for name in os.listdir(best_dir)} == kept | {"best"} and len(kept) == 3
+    # The first epoch is ranked before the run's first checkpoint is saved, and restores as well
+    fit_resumable(fresh(), make_dataset, 10, 10, str(tmp_path / "one"), **{**run, "keep_best": 1})
+    assert serving.restore_checkpoint(fresh(), training.best_checkpoints(str(tmp_path / "one"), 1)[0]) == 10
     with pytest.raises(ValueError, match="pass validation_data"):
         fit_resumable(fresh(), make_dataset, 10, 10, str(tmp_path / "other"), keep_best=1, verbose=0)
+    with pytest.raises(ValueError, match=r"ranks epochs by 'val_acc', which validation does not report: pass one of "
+                                         r"\['val_loss', 'val_pre_adaptation_loss'\]"):
+        fit_resumable(fresh(), make_dataset, 10, 10, str(tmp_path / "typo"), **{**run, "monitor": "val_acc"})

@@ -7,10 +7,10 @@ exactly the batches an uninterrupted run would have seen: resume is exact, not a
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -162,32 +162,44 @@ class _KeepBest(keras.callbacks.Callback):
     """Keep the ``keep`` checkpoints of the epochs with the best ``monitor`` (the highest accuracy, the lowest
     loss) in ``checkpoints/best``, ranked in ``best.json``: the newest-three rotation of the run's own checkpoints
     would drop them. MAML++ reports the ensemble of a run's five best epochs by validation (see
-    :func:`best_checkpoints`)."""
+    :func:`best_checkpoints`). It runs before the epoch's checkpoint is saved, so an epoch interrupted in
+    between is trained again and ranked then."""
 
     def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, keep: int, monitor: str) -> None:
         super().__init__()
         self.checkpoint, self.directory, self.keep, self.monitor = checkpoint, directory, keep, monitor
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(float(value)):
-            return  # no validation this epoch (or a NaN one): nothing to rank
+        logs = logs or {}
+        if self.monitor not in logs:
+            reported = sorted(k for k in logs if k.startswith("val_"))
+            if reported:
+                raise ValueError(f"keep_best ranks epochs by {self.monitor!r}, which validation does not report: "
+                                 f"pass one of {reported} as monitor.")
+            return  # no validation this epoch: nothing to rank
+        value = float(logs[self.monitor])
+        if not math.isfinite(value):
+            return
         step = self.model.meta_steps_done()
-        ranked = [e for e in read_best(self.directory, self.monitor) if e["meta_step"] != step]  # a rerun epoch
-        ranked.append({"meta_step": step, self.monitor: float(value), "checkpoint": f"ckpt-{step}"})
+        ranking = read_best(self.directory)
+        ranked = [e for e in ranking["checkpoints"] if e["meta_step"] != step] if ranking else []  # a rerun epoch
+        ranked.append({"meta_step": step, self.monitor: value, "checkpoint": f"ckpt-{step}"})
         sign = -1 if higher_is_better(self.monitor) else 1
         ranked.sort(key=lambda e: (sign * e[self.monitor], e["meta_step"]))  # ties: the earlier epoch
-        kept, dropped = ranked[:self.keep], ranked[self.keep:]
+        kept = ranked[:self.keep]
         os.makedirs(self.directory, exist_ok=True)
         if any(e["meta_step"] == step for e in kept):
+            self.checkpoint.save_counter  # noqa: B018 -- created before the run's first save: restores expect it
             self.checkpoint.write(os.path.join(self.directory, f"ckpt-{step}"))
         path = os.path.join(self.directory, BEST_FILE)
         with open(path + ".tmp", "w") as f:  # after the new file, before the dropped go: none it lists is missing
-            json.dump({"monitor": self.monitor, "checkpoints": kept}, f, indent=2)
+            json.dump({"monitor": self.monitor, "keep": self.keep, "checkpoints": kept}, f, indent=2)
         os.replace(path + ".tmp", path)
-        for entry in dropped:
-            for name in glob.glob(os.path.join(self.directory, entry["checkpoint"] + ".*")):
-                os.remove(name)
+        listed = {e["checkpoint"] for e in kept}
+        for name in os.listdir(self.directory):  # the dropped, and whatever an interrupted write left
+            if name != BEST_FILE and name.split(".")[0] not in listed:
+                target = os.path.join(self.directory, name)
+                shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -195,18 +207,35 @@ def higher_is_better(metric: str) -> bool:
     return "acc" in metric
 
 
-def read_best(directory: str, monitor: str | None = None) -> list[dict]:
-    """The ranking :class:`_KeepBest` keeps in ``directory`` (best first; empty when there is none). A ranking by
-    another ``monitor`` than asked is refused: mixing two rankings would keep checkpoints on unlike figures."""
+def read_best(directory: str) -> dict | None:
+    """The ranking :class:`_KeepBest` keeps in ``directory`` (``monitor``, ``keep`` and the ``checkpoints``,
+    best first), or None."""
     path = os.path.join(directory, BEST_FILE)
     if not os.path.exists(path):
-        return []
+        return None
     with open(path) as f:
-        saved = json.load(f)
-    if monitor is not None and saved["monitor"] != monitor:
-        raise ValueError(f"{path} ranks checkpoints by {saved['monitor']!r}, not {monitor!r}: keep ranking by "
-                         f"{saved['monitor']!r}, or move {directory} away to begin a new ranking.")
-    return saved["checkpoints"]
+        return json.load(f)
+
+
+def kept_best(workdir: str) -> int | None:
+    """How many best checkpoints the run in ``workdir`` keeps, or None if it keeps none."""
+    ranking = read_best(os.path.join(workdir, "checkpoints", BEST_DIR))
+    return ranking.get("keep", len(ranking["checkpoints"])) if ranking else None
+
+
+def _check_ranking(directory: str, keep: int, monitor: str) -> None:
+    """Refuse to go on with a run's ranking by another monitor, or keeping fewer (which deletes kept files)."""
+    ranking = read_best(directory)
+    if ranking is None:
+        return
+    path, theirs = os.path.join(directory, BEST_FILE), ranking.get("keep", len(ranking["checkpoints"]))
+    if ranking["monitor"] != monitor:
+        raise ValueError(f"{path} ranks checkpoints by {ranking['monitor']!r}, not {monitor!r}: keep ranking by "
+                         f"{ranking['monitor']!r}, or move {directory} away to begin a new ranking.")
+    if keep < theirs:
+        raise ValueError(f"{path} keeps the {theirs} best checkpoints; keep_best={keep} would "
+                         f"{'leave that ranking stale' if not keep else 'delete some of them'}: keep at least "
+                         f"{theirs} (--keep-best {theirs}), or move {directory} away first.")
 
 
 def best_checkpoints(workdir: str, count: int) -> list[str]:
@@ -215,7 +244,7 @@ def best_checkpoints(workdir: str, count: int) -> list[str]:
     as MAML++ reports its figures, or to pick its best epoch rather than its last."""
     check_value("count", count, integer(1))
     directory = os.path.join(workdir, "checkpoints", BEST_DIR)
-    ranked = read_best(directory)
+    ranked = (read_best(directory) or {}).get("checkpoints", [])
     if len(ranked) < count:
         asked = f"{count} best checkpoint{'s' * (count > 1)} asked of {workdir}, but it keeps"
         if not ranked:
@@ -333,8 +362,8 @@ def start_from_export(maml: MAML, export: str, workdir: str, config: object | No
                          f"{metadata['meta_steps_trained']}): continuing would restart the episode stream and every "
                          "schedule at step 0. Nothing was written.")
     spent = metadata.get("training") or {}
-    budget = {**EMPTY_BUDGET, **{k: spent[k] for k in EMPTY_BUDGET if k in spent}, "meta_steps": step,
-              "initialised_from": source}
+    budget = {**EMPTY_BUDGET, **{k: spent[k] for k in (*EMPTY_BUDGET, "discarded_meta_steps") if k in spent},
+              "meta_steps": step, "initialised_from": source}
     changes = list(spent.get("changes", []))
     if config is not None:
         theirs = metadata.get("config") or {}
@@ -368,9 +397,10 @@ def fit_resumable(
     """Meta-train ``maml`` to ``total_steps`` meta-steps, resuming from ``workdir/checkpoints`` if present.
 
     TensorBoard logs go to ``workdir/logs``; ``workdir/budget.json`` records the meta-steps and wall time
-    spent so far. With ``keep_best``, the checkpoints of that many epochs with the highest ``monitor`` (a
-    validation metric) are also kept, in ``checkpoints/best`` (see :func:`best_checkpoints`). Returns the Keras
-    history, or None when already done.
+    spent so far. With ``keep_best``, the checkpoints of that many epochs with the best ``monitor`` (a
+    validation metric: the highest accuracy, the lowest loss) are also kept, in ``checkpoints/best`` (see
+    :func:`best_checkpoints`); epochs trained without it are not ranked. Returns the Keras history, or None
+    when already done.
     """
     check_value("steps_per_epoch", steps_per_epoch, integer(1))
     check_value("keep_best", keep_best, integer(0))
@@ -393,9 +423,9 @@ def fit_resumable(
     if start >= total_steps:
         return None
     all_callbacks = [_SaveCheckpoint(manager), _RecordBudget(os.path.join(workdir, "budget.json")), *callbacks]
+    _check_ranking(os.path.join(ckpt_dir, BEST_DIR), keep_best, monitor)
     if keep_best:
-        read_best(os.path.join(ckpt_dir, BEST_DIR), monitor)  # another ranking is refused before training
-        all_callbacks.insert(1, _KeepBest(manager.checkpoint, os.path.join(ckpt_dir, BEST_DIR), keep_best, monitor))
+        all_callbacks.insert(0, _KeepBest(manager.checkpoint, os.path.join(ckpt_dir, BEST_DIR), keep_best, monitor))
     if tensorboard:
         all_callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq="epoch"))
     return maml.fit(

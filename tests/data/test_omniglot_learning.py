@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from tf_maml import performance
-from tf_maml.training import best_checkpoints
+from tf_maml.training import best_checkpoints, read_budget, start_from_export
 from tf_maml.event_logs import decode_image, read_events, read_scalars
 from tf_maml.recipes import omniglot
 from tf_maml.serving import read_metadata
@@ -62,10 +62,16 @@ def test_short_meta_training_beats_chance_on_unseen_characters(paper_classes, tm
     ensemble = json.loads(out.read_text())
     assert ensemble["ensemble"] == kept and ensemble["meta_steps"] == [40 * (epoch + 1) for epoch in ranked]
     assert ensemble["accuracy"] > 0.4
-    best = read_metadata(omniglot.export(str(tmp_path), str(tmp_path / "best"), paper_classes, checkpoint=kept[0]))
-    assert best["meta_steps_trained"] == best["training"]["meta_steps"] == int(kept[0].rsplit("-", 1)[1])
-    assert best["training"].get("run_meta_steps", 80) == 80 and best["source_checkpoint"].endswith(
-        os.path.join("best", os.path.basename(kept[0])))
+    # Exported, the best epoch says how many steps its budget's wall time spent past it; a continuation keeps that
+    exported = omniglot.export(str(tmp_path), str(tmp_path / "best"), paper_classes, checkpoint=kept[0])
+    best = read_metadata(exported)
+    step = int(kept[0].rsplit("-", 1)[1])
+    assert best["meta_steps_trained"] == best["training"]["meta_steps"] == step
+    assert best["training"].get("discarded_meta_steps", 0) == 80 - step
+    assert best["source_checkpoint"].endswith(os.path.join("best", os.path.basename(kept[0])))
+    continued = str(tmp_path / "continued")
+    assert start_from_export(omniglot.build_meta_learner(config), exported, continued) == step
+    assert read_budget(os.path.join(continued, "budget.json")).get("discarded_meta_steps", 0) == 80 - step
 
     # Exported with the budget a continuation writes: no path of the training machine ships.
     monkeypatch.chdir(tmp_path)

@@ -18,7 +18,7 @@ from tf_maml.maml import (BATCH_NORM_MODES, LEARN_INNER_LR, MAML, TASK_EXECUTION
                           per_step_batch_norm_problem)
 from tf_maml.models.convnets import omniglot_convnet
 from tf_maml.settings import BOOLEAN, Rule, check_settings, check_value, epochs_problem, integer, number, one_of, optional
-from tf_maml.training import best_checkpoints, fit_resumable, read_budget, restore_latest
+from tf_maml.training import fit_resumable, read_budget, restore_latest
 
 SPLITS = ("paper", "tfds")
 
@@ -187,10 +187,13 @@ def episodes(config: OmniglotConfig, split, seed: int, start_step: int = 0, meta
 
 
 def train(config: OmniglotConfig, workdir: str, data: OmniglotClasses | None = None, verbose: int | str = "auto",
-          data_dir: str | None = None, init_from: str | None = None, keep_best: int = KEEP_BEST) -> MAML:
+          data_dir: str | None = None, init_from: str | None = None, keep_best: int | None = None) -> MAML:
     """Meta-train (resuming from ``workdir`` if it has checkpoints, or continuing the exported meta-learner
     ``init_from``: see :func:`tf_maml.training.start_from_export`), validating every epoch and keeping the
-    checkpoints of the ``keep_best`` best epochs by validation accuracy (an ensemble's members)."""
+    checkpoints of the ``keep_best`` best epochs by validation accuracy (an ensemble's members; default: as
+    many as the run keeps already, else :data:`KEEP_BEST`)."""
+    if keep_best is None:
+        keep_best = training.kept_best(workdir) or KEEP_BEST
     data = data or load_omniglot_classes(config.split, data_dir=data_dir, validation=True)
     maml = build_meta_learner(config)
     if init_from is not None:
@@ -261,6 +264,8 @@ def load_for_evaluation(workdir: str | None = None, saved_model: str | None = No
     """The meta-learner and its configuration, from a training directory's newest checkpoint (or its
     ``checkpoint``, e.g. one of :func:`tf_maml.training.best_checkpoints`) or from a shipped SavedModel (whose
     metadata carries the configuration)."""
+    if checkpoint is not None and workdir is None:
+        raise ValueError("checkpoint= picks one of a training directory's checkpoints: give the workdir too.")
     if workdir is not None:
         config = config_from_workdir(workdir)
         maml = build_meta_learner(config)
@@ -279,36 +284,60 @@ def load_for_evaluation(workdir: str | None = None, saved_model: str | None = No
     return load(saved_model), config  # loaded once its metadata says it is an Omniglot model
 
 
-def load_ensemble(workdirs: Sequence[str] = (), saved_models: Sequence[str] = (),
-                  best: int = 0) -> tuple[list[MAML], OmniglotConfig]:
-    """Meta-learners to evaluate as one ensemble (their adapted logits averaged, as MAML++ reports its figures),
-    with the configuration of the first, whose tasks they are all evaluated on. They must classify the same
-    number of ways and hold out the same meta-test characters (the same split); they may differ in anything
-    else, e.g. snapshots at the end of successive warm restarts of one run (a snapshot ensemble). With ``best``,
-    each training directory gives the checkpoints of its ``best`` best epochs by validation (MAML++'s protocol:
-    ``best=5``) instead of its newest."""
+@dataclasses.dataclass(frozen=True)
+class EnsembleMember:
+    """One member of an ensemble: a training directory's checkpoint (its newest: None) or a shipped model."""
+
+    kind: str  # "workdir" or "saved_model"
+    path: str
+    checkpoint: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint or self.path
+
+    def load(self) -> MAML:
+        return load_for_evaluation(**{self.kind: self.path}, checkpoint=self.checkpoint)[0]
+
+
+def plan_ensemble(workdirs: Sequence[str] = (), saved_models: Sequence[str] = (),
+                  best: int = 0) -> tuple[list[EnsembleMember], OmniglotConfig]:
+    """The members of an ensemble and the configuration of the first, whose tasks they are all evaluated on,
+    checked without loading a model (see :func:`load_ensemble`). With ``best``, each training directory gives
+    the checkpoints of its ``best`` best epochs by validation (MAML++'s protocol: ``best=5``), not its newest."""
     check_value("best", best, integer(0))
     sources = [("workdir", w) for w in workdirs] + [("saved_model", m) for m in saved_models]
     if not sources:
         raise ValueError("An ensemble needs at least one training directory or saved model.")
     from tf_maml.serving import resolve_version_dir
 
-    # Before any slow model load: the snapshots of each training directory (its newest: None)
-    checkpoints = {("workdir", w): best_checkpoints(w, best) for w in workdirs} if best else {}
     paths = [os.path.realpath(resolve_version_dir(path) if kind == "saved_model" else path) for kind, path in sources]
     for i, path in enumerate(paths):
         if path in paths[:i]:
             raise ValueError(f"{sources[i][1]} is listed twice: each member of an ensemble counts once.")
     first = _evaluation_config(*sources[0])
-    for kind, path in sources[1:]:  # before any slow model load
+    for kind, path in sources[1:]:
         config = _evaluation_config(kind, path)
         for field in ("ways", "split"):
             if getattr(config, field) != getattr(first, field):
                 raise ValueError(f"{path} has {field}={getattr(config, field)!r} but {sources[0][1]} has "
                                  f"{getattr(first, field)!r}: an ensemble's members must classify the same ways "
                                  "and hold out the same meta-test characters.")
-    return [load_for_evaluation(**{kind: path}, checkpoint=c)[0] for kind, path in sources
-            for c in checkpoints.get((kind, path), [None])], first
+    members = []
+    for kind, path in sources:
+        snapshots = training.best_checkpoints(path, best) if best and kind == "workdir" else [None]
+        members += [EnsembleMember(kind, path, checkpoint) for checkpoint in snapshots]
+    return members, first
+
+
+def load_ensemble(workdirs: Sequence[str] = (), saved_models: Sequence[str] = (),
+                  best: int = 0) -> tuple[list[MAML], OmniglotConfig]:
+    """Meta-learners to evaluate as one ensemble (their adapted logits averaged, as MAML++ reports its figures),
+    with the configuration of the first (see :func:`plan_ensemble`). They must classify the same number of ways
+    and hold out the same meta-test characters (the same split); they may differ in anything else, e.g.
+    snapshots at the end of successive warm restarts of one run (a snapshot ensemble), or a run's best epochs."""
+    members, config = plan_ensemble(workdirs, saved_models, best)
+    return [member.load() for member in members], config
 
 
 def _evaluation_config(kind: str, path: str) -> OmniglotConfig:
@@ -326,14 +355,15 @@ def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | N
     """Export the newest checkpoint of ``workdir`` (or its ``checkpoint``, e.g. its best epoch by validation)
     as a served meta-learner, with metadata listing the meta-test classes (TFDS label ids; each also appears
     rotated by 90/180/270°) and the budget spent: the run's wall time so far, also when the checkpoint is an
-    earlier one (``run_meta_steps`` then says how far the run went)."""
+    earlier one (``discarded_meta_steps`` then counts the steps trained past it, which that time includes)."""
     from tf_maml.serving import export_meta_learner, source_path
 
     maml, config = load_for_evaluation(workdir=workdir, checkpoint=checkpoint)
     budget = read_budget(os.path.join(workdir, "budget.json"))
-    if budget["meta_steps"] != maml.meta_steps_done():
-        budget["run_meta_steps"] = budget["meta_steps"]
-    budget["meta_steps"] = maml.meta_steps_done()
+    step = maml.meta_steps_done()
+    if checkpoint is not None and budget["meta_steps"] > step:  # summed over the lineage, as the wall time is
+        budget["discarded_meta_steps"] = budget.get("discarded_meta_steps", 0) + budget["meta_steps"] - step
+    budget["meta_steps"] = step
     if "initialised_from" in budget:  # an absolute path of this machine, kept out of what ships
         budget["initialised_from"] = source_path(budget["initialised_from"])
     if "changes" in budget:
