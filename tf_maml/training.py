@@ -217,10 +217,14 @@ def read_best(directory: str) -> dict | None:
         return json.load(f)
 
 
+def _kept_count(ranking: dict) -> int:
+    return ranking.get("keep", len(ranking["checkpoints"]))  # rankings written before "keep" was recorded
+
+
 def kept_best(workdir: str) -> int | None:
     """How many best checkpoints the run in ``workdir`` keeps, or None if it keeps none."""
     ranking = read_best(os.path.join(workdir, "checkpoints", BEST_DIR))
-    return ranking.get("keep", len(ranking["checkpoints"])) if ranking else None
+    return _kept_count(ranking) if ranking else None
 
 
 def _check_ranking(directory: str, keep: int, monitor: str) -> None:
@@ -228,7 +232,7 @@ def _check_ranking(directory: str, keep: int, monitor: str) -> None:
     ranking = read_best(directory)
     if ranking is None:
         return
-    path, theirs = os.path.join(directory, BEST_FILE), ranking.get("keep", len(ranking["checkpoints"]))
+    path, theirs = os.path.join(directory, BEST_FILE), _kept_count(ranking)
     if ranking["monitor"] != monitor:
         raise ValueError(f"{path} ranks checkpoints by {ranking['monitor']!r}, not {monitor!r}: keep ranking by "
                          f"{ranking['monitor']!r}, or move {directory} away to begin a new ranking.")
