@@ -3,13 +3,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import pathlib
-
 import numpy as np
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(os.environ.get("TF_MAML_SHARED", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True)

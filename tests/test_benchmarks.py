@@ -1,8 +1,9 @@
 """Every benchmark script runs in its quick mode, prints its table and writes valid JSON (no timing checks)."""
 
-import pathlib
 import json
+import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -43,6 +44,19 @@ def test_benchmark_quick_mode_runs(script, args, table, keys, rows, tmp_path):
     result = json.loads(out.read_text())
     assert keys <= set(result)
     assert len(result[rows]) >= 2
+    figures = list(_numbers(result[rows]))
+    assert figures and all(math.isfinite(x) for x in figures), figures  # measured, not NaN or ∞
+
+
+def _numbers(value):
+    """Every number in a JSON value (booleans are not figures)."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield float(value)
 
 
 def _fake_run(workdir: pathlib.Path, accuracies: dict[str, list[float]], steps_per_epoch: int) -> None:
@@ -59,7 +73,7 @@ def _fake_run(workdir: pathlib.Path, accuracies: dict[str, list[float]], steps_p
         writer.close()
 
 
-def test_learning_curve_extends_from_its_saved_points_without_the_old_run(tmp_path):
+def test_learning_curve_extends_from_its_saved_points_without_the_old_run(tmp_path, capsys):
     sys.path.insert(0, str(BENCHMARKS))
     try:
         import plot_learning_curve as plot
@@ -82,6 +96,7 @@ def test_learning_curve_extends_from_its_saved_points_without_the_old_run(tmp_pa
     assert (extended[2]["run"], extended[2]["meta_steps"], extended[2]["accuracy"]) == ("second", [50], pytest.approx([0.7]))
     assert (tmp_path / "b.png").stat().st_size > 1000
     _fake_run(tmp_path / "empty", {}, steps_per_epoch=100)
-    with pytest.raises(SystemExit):  # nothing logged: a usage error, not an empty picture
+    with pytest.raises(SystemExit) as exit_:  # nothing logged: a usage error, not an empty picture
         plot.main([str(tmp_path / "empty"), "--out", str(tmp_path / "c.png")])
+    assert exit_.value.code == 2 and "no accuracy logged in" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()

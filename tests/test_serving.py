@@ -224,7 +224,7 @@ def test_classifier_export_takes_int_labels_and_returns_logits(tmp_path):
     meta = serving.read_metadata(path)
     assert meta["task_family"] == "classification" and meta["num_classes"] == 3
     assert meta["support_y"] == {"shape": [None], "dtype": "int32"}
-    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError)):
+    with pytest.raises(TypeError, match=r"dtype=tf.float32, name='support_y'\) to TensorSpec\(shape=\(None,\), dtype=tf.int32"):
         fn(support_x=sx, support_y=tf.constant(sy, tf.float32), query_x=qx)  # float labels
 
 
@@ -243,14 +243,14 @@ def test_wrong_shapes_and_dtypes_are_rejected(tmp_path):
         with pytest.raises(errors, match="shape"):
             fn(inputs=np.zeros((3, 1, 1), np.float32))
     adapt = meta.signatures["adapt_and_predict"]
-    with pytest.raises(errors):
-        adapt(support_x=sx, support_y=tf.constant(sy.astype(np.int32)), query_x=qx)
+    with pytest.raises(errors, match=r"dtype=tf.int32, name='support_y'\) to TensorSpec\(shape=\(None, 1\), dtype=tf.float32"):
+        adapt(support_x=sx, support_y=tf.constant(sy.astype(np.int32)), query_x=qx)  # int targets
     with pytest.raises(errors, match="support_y"):
         adapt(support_x=sx, support_y=sy[:, 0], query_x=qx)  # missing feature axis
     with pytest.raises(errors, match="same number of examples"):
         adapt(support_x=sx, support_y=sy[:4], query_x=qx)
-    with pytest.raises(errors):
-        adapt(support_x=sx, support_y=sy)  # query_x missing
+    with pytest.raises(errors, match="missing a required argument: 'query_x'"):
+        adapt(support_x=sx, support_y=sy)
 
 
 # ------------------------------------------------------------------------- versions and atomicity

@@ -71,13 +71,13 @@ def test_shipped_adapted_navigation_policy_walks_towards_its_goal():
         total, done = total + reward, terminated or truncated
     start = float(np.hypot(*task["goal"]))
     assert info["distance"] < 0.5 * start and total > 0.5 * (-100 * start), (total, start, info)  # 100 steps standing still
-    returns = read_metadata(version)["returns_by_step"]
-    assert returns[-1] > returns[0] + 10, returns  # adaptation improved the sampled return, as recorded at export
 
 
 def test_shipped_navigation_meta_policy_adapts_in_one_step():
     """The shipped meta-policy, continued as its run would be (its export carries the run's settings), gains
-    from one policy-gradient step on held-out goals what BENCHMARKS.md reports (−39 → −12 on 40 tasks)."""
+    from one policy-gradient step on 4 held-out goals. BENCHMARKS.md reports −39 → −12 on 40; across tasks the
+    returns spread by ~16 before and ~8 after the step, so a 4-task mean is within ~8 and ~4 of those, and
+    the thresholds leave about two such margins."""
     from tf_maml.rl.evaluation import adaptation_returns
     from tf_maml.rl.maml_trpo import MAMLTRPO
     from tf_maml.rl.policy import policy_params

@@ -70,7 +70,7 @@ def test_versions_increment_and_failures_leave_nothing(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(tf.saved_model, "save", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk full"):
         rl_export.export_policy(model, policy_params(model), base, "m", action_bounds=None)
     assert sorted(os.listdir(os.path.join(base, "m"))) == ["1", "2", "7"]
 

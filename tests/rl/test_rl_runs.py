@@ -67,7 +67,7 @@ def test_unfinished_runs_are_not_evaluated_and_a_lost_iteration_is_logged_once(t
         raise OSError("disk full")
 
     monkeypatch.setattr(learner, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         learner.train(1)
     assert not os.path.exists(os.path.join(logdir, "metrics.jsonl"))  # the unsaved iteration is not logged
     learner.close()

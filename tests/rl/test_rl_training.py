@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def test_benchmark_quick_runs():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_rl.py"), "--quick"],
                          check=True, capture_output=True, text=True, env=env, timeout=150).stdout
-    assert "env_steps_per_s" in out and "seconds_per_meta_iteration" in out
+    sampler, iteration = (json.loads(line) for line in out.splitlines() if line.startswith("{"))
+    assert sampler["env_steps_per_s"] > 0 and math.isfinite(sampler["env_steps_per_s"])
+    assert 0 < iteration["sampling_s"] < iteration["seconds_per_meta_iteration"] < math.inf
 
 
 def test_runs_from_before_action_scaling_are_refused_clearly():
