@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tf_maml.performance import GRAPH_OPTIMIZATION_LEVELS, run_tasks_in_parallel, set_graph_optimization  # noqa: E402
 from tf_maml.recipes import omniglot  # noqa: E402
-from tf_maml.settings import flag_type, integer  # noqa: E402
+from tf_maml.settings import flag_type, integer, number  # noqa: E402
 
 
 def main() -> None:
@@ -41,6 +41,10 @@ def main() -> None:
                         help="MAML++'s cosine annealing of the meta learning rate to 1%% of it over this many "
                              "meta-steps (default 0: constant); with --init-from, on an export trained at a "
                              "constant rate, from the export's meta-step on")
+    parser.add_argument("--meta-lr", type=flag_type(number(0, low_open=True), float), metavar="RATE",
+                        help="Adam's meta learning rate, the peak of --cosine-meta-lr (default: the preset's, 1e-3); "
+                             "with --init-from, only where the continuation begins that annealing (e.g. a lower "
+                             "peak to fine-tune an export at another K-shot)")
     parser.add_argument("--warm-restart", action="store_true",
                         help="with --init-from and --cosine-meta-lr: begin the annealing at the export's meta-step "
                              "even if the export annealed already, from the run's meta_lr (SGDR's warm restart)")
@@ -72,7 +76,7 @@ def main() -> None:
                                    ("split", args.split), ("batch_norm", args.batch_norm),
                                    ("multi_step_loss", args.multi_step_loss),
                                    ("first_order_until", args.first_order_until),
-                                   ("cosine_meta_lr", args.cosine_meta_lr)) if v is not None}
+                                   ("cosine_meta_lr", args.cosine_meta_lr), ("meta_lr", args.meta_lr)) if v is not None}
     if args.learn_inner_lr:
         overrides["learn_inner_lr"] = True if args.learn_inner_lr == "per_element" else args.learn_inner_lr
     if args.first_order:

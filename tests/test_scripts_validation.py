@@ -128,7 +128,10 @@ def test_a_warm_restart_without_an_export_to_continue_is_an_argparse_error(tmp_p
     says = "warm restart begins a schedule (--cosine-meta-lr) again at the step of the export a run continues"
     assert says in script_error("train_omniglot", "--workdir", str(tmp_path / "o"), "--cosine-meta-lr", "1000",
                                 "--warm-restart")
+    assert "argument --meta-lr: must be a finite number > 0, got 0" in script_error(
+        "train_omniglot", "--workdir", str(tmp_path / "o"), "--meta-lr", "0")
     assert not any(tmp_path.iterdir())
+    assert omniglot.config_for_run(None, {"meta_lr": 3e-4}, str(tmp_path / "new"))[0].meta_lr == 3e-4  # a new run's
 
 
 def test_settings_saved_unchecked_are_refused_on_load_naming_the_file(tmp_path, script_error):

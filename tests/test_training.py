@@ -270,6 +270,19 @@ def test_a_warm_restart_begins_the_annealing_again_at_the_exports_step(tmp_path)
         np.testing.assert_array_equal(v_restart.numpy(), v_export.numpy())  # Adam's moments carried over
     rerun = omniglot.config_for_run(None, asked, workdir, init_from=export, warm_restart=True)[0]
     assert rerun == config
+    # A restart may begin from a lower peak (--meta-lr, a fine-tune); a continuation beginning nothing may not.
+    lower = {**asked, "meta_lr": 2e-4}
+    finetune = omniglot.config_for_run(None, lower, str(tmp_path / "lower"), init_from=export, warm_restart=True)[0]
+    assert (finetune.meta_lr, finetune.cosine_meta_lr_from) == (2e-4, 2300)
+    for at, expected in [(2300, 2e-4), (2800, 1.01e-4), (3300, 2e-6)]:
+        np.testing.assert_allclose(float(omniglot.meta_learning_rate(finetune)(at)), expected, rtol=1e-5)
+    omniglot.training.save_config(finetune, str(tmp_path / "lower"))
+    with open(tmp_path / "lower" / "budget.json", "w") as f:
+        json.dump({"initialised_from": os.path.realpath(export)}, f)
+    assert omniglot.config_for_run(None, lower, str(tmp_path / "lower"), init_from=export,
+                                   warm_restart=True)[0] == finetune
+    with pytest.raises(ValueError, match="meta_lr: asked 0.0002, run has 0.001"):
+        omniglot.config_for_run(None, {"meta_lr": 2e-4}, str(tmp_path / "plain"), init_from=export)
     same = omniglot.config_for_run(None, {"cosine_meta_lr": 2000}, str(tmp_path / "same"), init_from=export)[0]
     assert (same.cosine_meta_lr, same.cosine_meta_lr_from) == (2000, 300)  # without the flag: goes on as it was
     for asked_wrongly, kwargs in [({"cosine_meta_lr": 1000}, {}), ({}, {"init_from": export})]:

@@ -87,7 +87,7 @@ def load_config(config_type: type[Config], workdir: str) -> Config:
 
 def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequence[str] = (),
                    init_from: str | None = None, schedules: dict[str, str] | None = None,
-                   restart: bool = False, retarget: Sequence[str] = ()) -> Config:
+                   restart: bool = False, retarget: Sequence[str] = (), peaks: Sequence[str] = ()) -> Config:
     """The settings to train ``workdir`` with: ``config`` (a preset with ``overrides`` applied) for a new run;
     for an existing run its own saved settings, so rerunning the same command resumes it exactly; for a new run
     continuing an export (``init_from``, see :func:`start_from_export`), the settings of the run it was exported from.
@@ -98,7 +98,9 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
     field recording its first meta-step, set here to the export's): it changes only the steps still to come.
     With ``restart`` it may also begin again a schedule its export already ran (a warm restart, as in SGDR).
     A continuation also takes from ``config`` the fields named in ``retarget``: settings of the tasks that the
-    network does not depend on (Omniglot's shots), so a meta-learner goes on training for other tasks.
+    network does not depend on (Omniglot's shots), so a meta-learner goes on training for other tasks. A
+    continuation that begins a schedule may begin it from another value of the settings named in ``peaks``
+    (the meta learning rate): a fine-tune restarts lower than the run it continues.
     """
     from tf_maml.serving import read_metadata
 
@@ -136,7 +138,8 @@ def config_for_run(config: Config, overrides: dict, workdir: str, identity: Sequ
             raise ValueError(f"{init_from} was trained {step} meta-steps: a warm restart from there needs more "
                              f"(--meta-steps above {step}, e.g. {step} + the schedule's length).")
         if started:
-            saved = dataclasses.replace(saved, **started, **{schedules[k]: step for k in started})
+            saved = dataclasses.replace(saved, **started, **{schedules[k]: step for k in started},
+                                        **{k: overrides[k] for k in peaks if k in overrides})
         saved = dataclasses.replace(saved, **{k: getattr(config, k) for k in retarget})
     else:
         return config

@@ -105,7 +105,8 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
     and so is another K-shot on resume; a new continuation may go on at the K-shot of a ``preset`` asked for
     (``--preset 20way5shot`` from a 20-way 1-shot export): the network does not depend on K. ``warm_restart``:
     the continuation begins the cosine annealing of the meta learning rate again at the export's step, from
-    ``meta_lr`` (an export that anneals otherwise goes on with its own schedule)."""
+    ``meta_lr`` (an export that anneals otherwise goes on with its own schedule); a continuation that begins the
+    annealing may give it another ``meta_lr`` to begin from."""
     asked_preset = preset is not None
     preset = preset or _preset_of(workdir, init_from) or DEFAULT_PRESET
     named = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if k in ("ways", "shots")})
@@ -115,7 +116,7 @@ def config_for_run(preset: str | None, overrides: dict, workdir: str | None = No
     config = named if continuing else dataclasses.replace(PRESETS[preset], **overrides)
     config = training.config_for_run(config, overrides, workdir, identity=("ways", "shots"), init_from=init_from,
                                      schedules={"cosine_meta_lr": "cosine_meta_lr_from"}, restart=warm_restart,
-                                     retarget=("shots",) if asked_preset else ())
+                                     retarget=("shots",) if asked_preset else (), peaks=("meta_lr",))
     return config, workdir
 
 
