@@ -24,13 +24,17 @@ def main() -> None:
     parser.add_argument("--best", action="store_true",
                         help="the run's best epoch by validation accuracy (kept by train_omniglot.py --keep-best) "
                              "instead of its newest checkpoint")
+    parser.add_argument("--steps", type=flag_type(integer(1)), metavar="N",
+                        help="test-time inner steps to evaluate and serve (default: the run's eval_inner_steps); "
+                             "choose them on meta-validation: eval_omniglot.py --classes validation --steps ...")
     omniglot.add_data_arguments(parser)
     args = parser.parse_args()
     set_graph_optimization("fusion")
     run_tasks_in_parallel()
     try:
         checkpoint = best_checkpoints(args.workdir, 1)[0] if args.best else None
-        maml, config = omniglot.load_for_evaluation(workdir=args.workdir, checkpoint=checkpoint)
+        maml, config = omniglot.load_for_evaluation(workdir=args.workdir, checkpoint=checkpoint,
+                                                    eval_inner_steps=args.steps)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     data = omniglot.load_classes(args, config.split, parser)
@@ -41,7 +45,8 @@ def main() -> None:
     with open(os.path.join(args.workdir, "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))
-    print("Exported:", omniglot.export(args.workdir, args.base, data, results, name=args.name, checkpoint=checkpoint))
+    print("Exported:", omniglot.export(args.workdir, args.base, data, results, name=args.name, checkpoint=checkpoint,
+                                          eval_inner_steps=args.steps))
 
 
 if __name__ == "__main__":

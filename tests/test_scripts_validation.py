@@ -190,6 +190,10 @@ def test_task_counts_are_checked_as_the_flags_they_are(tmp_path, script_error):
     training.save_config(omniglot.PRESETS["5way1shot"], str(omniglot_run))
     assert "2 best checkpoints asked of" in script_error("eval_omniglot", "--workdir", str(omniglot_run), "--best", "2")
     assert "1 best checkpoint asked of" in script_error("export_omniglot", "--workdir", str(omniglot_run), "--best")
+    assert "argument --steps: must be an integer >= 1, got 0" in script_error(
+        "export_omniglot", "--workdir", str(omniglot_run), "--steps", "0")
+    with pytest.raises(ValueError, match="eval_inner_steps= sets the test-time steps of a training directory"):
+        omniglot.load_for_evaluation(saved_model=model, eval_inner_steps=3)
     assert "argument --keep-best: must be an integer >= 0, got -1" in script_error(
         "train_omniglot", "--workdir", str(tmp_path / "run"), "--keep-best", "-1")
     # Checked before the data is loaded: this test has no Omniglot copy to reach.

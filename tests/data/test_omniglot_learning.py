@@ -12,7 +12,7 @@ from tf_maml import performance
 from tf_maml.training import best_checkpoints, read_budget, start_from_export
 from tf_maml.event_logs import decode_image, read_events, read_scalars
 from tf_maml.recipes import omniglot
-from tf_maml.serving import read_metadata
+from tf_maml.serving import load, read_metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,6 +69,12 @@ def test_short_meta_training_beats_chance_on_unseen_characters(paper_classes, tm
     assert best["meta_steps_trained"] == best["training"]["meta_steps"] == step
     assert best["training"].get("discarded_meta_steps", 0) == 80 - step
     assert best["source_checkpoint"].endswith(os.path.join("best", os.path.basename(kept[0])))
+    # Test-time steps chosen on validation are what the export serves and says it serves.
+    three = omniglot.export(str(tmp_path), str(tmp_path / "best"), paper_classes, checkpoint=kept[0],
+                            eval_inner_steps=3)
+    assert read_metadata(three)["config"]["eval_inner_steps"] == 3 and load(three).eval_inner_steps == 3
+    assert omniglot.load_for_evaluation(saved_model=three)[1].eval_inner_steps == 3
+    assert best["config"]["eval_inner_steps"] == 5 and load(exported).eval_inner_steps == 5
     continued = str(tmp_path / "continued")
     assert start_from_export(omniglot.build_meta_learner(config), exported, continued) == step
     assert read_budget(os.path.join(continued, "budget.json")).get("discarded_meta_steps", 0) == 80 - step

@@ -261,14 +261,21 @@ def config_from_workdir(workdir: str) -> OmniglotConfig:
 
 
 def load_for_evaluation(workdir: str | None = None, saved_model: str | None = None,
-                        checkpoint: str | None = None) -> tuple[MAML, OmniglotConfig]:
+                        checkpoint: str | None = None,
+                        eval_inner_steps: int | None = None) -> tuple[MAML, OmniglotConfig]:
     """The meta-learner and its configuration, from a training directory's newest checkpoint (or its
     ``checkpoint``, e.g. one of :func:`tf_maml.training.best_checkpoints`) or from a shipped SavedModel (whose
-    metadata carries the configuration)."""
+    metadata carries the configuration). ``eval_inner_steps`` (a training directory's only) replaces the run's
+    test-time steps: a number chosen on meta-validation, which an export then serves."""
     if checkpoint is not None and workdir is None:
         raise ValueError("checkpoint= picks one of a training directory's checkpoints: give the workdir too.")
+    if eval_inner_steps is not None and workdir is None:
+        raise ValueError("eval_inner_steps= sets the test-time steps of a training directory's meta-learner "
+                         "(before export); a shipped model serves its own: pass steps to its evaluation instead.")
     if workdir is not None:
         config = config_from_workdir(workdir)
+        if eval_inner_steps is not None:
+            config = dataclasses.replace(config, eval_inner_steps=eval_inner_steps)  # checked by the config
         maml = build_meta_learner(config)
         if checkpoint is not None:
             from tf_maml.serving import restore_checkpoint
@@ -352,14 +359,15 @@ def _evaluation_config(kind: str, path: str) -> OmniglotConfig:
 
 
 def export(workdir: str, base_dir: str, data: OmniglotClasses, results: dict | None = None,
-           name: str | None = None, checkpoint: str | None = None) -> str:
+           name: str | None = None, checkpoint: str | None = None, eval_inner_steps: int | None = None) -> str:
     """Export the newest checkpoint of ``workdir`` (or its ``checkpoint``, e.g. its best epoch by validation)
     as a served meta-learner, with metadata listing the meta-test classes (TFDS label ids; each also appears
     rotated by 90/180/270°) and the budget spent: the run's wall time so far, also when the checkpoint is an
-    earlier one (``discarded_meta_steps`` then counts the steps trained past it, which that time includes)."""
+    earlier one (``discarded_meta_steps`` then counts the steps trained past it, which that time includes).
+    ``eval_inner_steps``: the test-time steps it serves, if not the run's (chosen on meta-validation)."""
     from tf_maml.serving import export_meta_learner, source_path
 
-    maml, config = load_for_evaluation(workdir=workdir, checkpoint=checkpoint)
+    maml, config = load_for_evaluation(workdir=workdir, checkpoint=checkpoint, eval_inner_steps=eval_inner_steps)
     budget = read_budget(os.path.join(workdir, "budget.json"))
     step = maml.meta_steps_done()
     if checkpoint is not None and budget["meta_steps"] > step:  # summed over the lineage, as the wall time is
